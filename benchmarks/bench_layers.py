@@ -1,0 +1,86 @@
+"""Dense layer speed: tinyitop's forward+backward next to the bare matrix products it must do.
+
+The floor of a Linear layer is its three products (x W^T, dY^T x, dY W); the floor of a Conv2d is
+the same three products on the im2col matrix. Prints one table; ratios are what matter.
+Usage: python benchmarks/bench_layers.py [--repeats 5]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from tinyitop import backend as B
+from tinyitop.layers import Conv2d, Linear
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if B.name == "cupy":
+            B.xp.cuda.Device().synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def bench_linear(batch, n_in, n_out, repeats):
+    layer = Linear(n_in, n_out)
+    x = B.rng().standard_normal((batch, n_in), dtype="float32")
+    dout = B.rng().standard_normal((batch, n_out), dtype="float32")
+    w = layer.weight.data
+
+    def layer_step():
+        layer.forward(x)
+        layer.backward(dout)
+
+    def floor():
+        x @ w.T
+        dout.T @ x
+        dout @ w
+    return median_ms(layer_step, repeats), median_ms(floor, repeats)
+
+
+def bench_conv(batch, channels_in, channels_out, size, stride, repeats):
+    layer = Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, bias=False)
+    x = B.rng().standard_normal((batch, channels_in, size, size), dtype="float32")
+    y = layer.forward(x)
+    dout = B.rng().standard_normal(y.shape, dtype="float32")
+    cols = layer.cols
+    w2 = layer.weight.data.reshape(channels_out, -1)
+    dout2 = dout.transpose(1, 0, 2, 3).reshape(channels_out, -1).copy()
+
+    def layer_step():
+        layer.forward(x)
+        layer.backward(dout)
+
+    def floor():
+        w2 @ cols
+        dout2 @ cols.T
+        w2.T @ dout2
+    return median_ms(layer_step, repeats), median_ms(floor, repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    print(B.describe())
+    print(f"{'layer':44s} {'tinyitop ms':>12s} {'floor ms':>10s} {'ratio':>7s}  goal")
+    for n_in, n_out in [(3072, 1024), (1024, 512), (512, 10)]:
+        t, f = bench_linear(args.batch, n_in, n_out, args.repeats)
+        print(f"{f'Linear {n_in}->{n_out}, batch {args.batch}':44s} {t:12.2f} {f:10.2f} {t / f:7.2f}  <= 1.2")
+    for cin, cout, size, stride in [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (256, 256, 8, 1),
+                                    (512, 512, 4, 1)]:
+        t, f = bench_conv(args.batch, cin, cout, size, stride, args.repeats)
+        label = f"Conv3x3 {cin}->{cout} @{size}x{size} s{stride}, batch {args.batch}"
+        print(f"{label:44s} {t:12.2f} {f:10.2f} {t / f:7.2f}  <= 2.0")
+
+
+if __name__ == "__main__":
+    main()

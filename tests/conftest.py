@@ -1,0 +1,34 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from tinyitop import backend as B  # noqa: E402
+import fake_cupy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend_by_default():
+    """Every test starts on NumPy with a fixed seed and leaves the backend as it found it."""
+    saved = (B.name, B.xp, B.sparse)
+    B.use("numpy")
+    B.seed(0)
+    yield
+    B.use_modules(*saved)
+
+
+@pytest.fixture(params=["numpy", "fake_cupy"])
+def any_backend(request):
+    """Run a test on NumPy and on the CPU stand-in for CuPy (device arrays refuse host conversion)."""
+    if request.param == "fake_cupy":
+        B.use_modules("cupy", fake_cupy.xp, fake_cupy.sparse)
+    B.seed(0)
+    return request.param
+
+
+@pytest.fixture
+def host_rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,96 @@
+"""Backend selection is loud, and array code never converts device arrays implicitly."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fake_cupy
+from tinyitop import SGD, SoftmaxCrossEntropy, backend as B
+from tinyitop.blocks import BasicBlock, Bottleneck
+from tinyitop.layers import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from tinyitop.models import mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_with(value):
+    env = dict(os.environ, TINYITOP_BACKEND=value, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", "import tinyitop; print(tinyitop.backend.name)"],
+                          env=env, capture_output=True, text=True)
+
+
+def test_bad_backend_name_is_an_error_naming_the_choices():
+    result = _import_with("tensorflow")
+    assert result.returncode != 0
+    assert "unknown backend 'tensorflow'" in result.stderr and "numpy, cupy" in result.stderr
+
+
+def test_numpy_backend_by_name():
+    result = _import_with("NumPy ")
+    assert result.returncode == 0 and result.stdout.strip() == "numpy"
+
+
+def _gpu_available():
+    try:
+        B.use("cupy")
+        return True
+    except B.BackendError:
+        return False
+    finally:
+        B.use("numpy")
+
+
+@pytest.mark.skipif(_gpu_available(), reason="a GPU is present: the no-GPU error cannot happen")
+def test_cupy_without_gpu_says_what_is_missing():
+    with pytest.raises(B.BackendError, match="TINYITOP_BACKEND=cupy but (CuPy is not installed|no usable CUDA)"):
+        B.use("cupy")
+    result = _import_with("cupy")
+    assert result.returncode != 0 and "TINYITOP_BACKEND=cupy" in result.stderr
+
+
+def test_host_device_round_trip(any_backend):
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    dev = B.to_device(host)
+    assert isinstance(dev, B.xp.ndarray)
+    back = B.to_host(dev * 2)
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32
+    np.testing.assert_array_equal(back, host * 2)
+
+
+def test_stand_in_refuses_implicit_conversion():
+    dev = fake_cupy.xp.asarray(np.ones(3))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(dev)
+    with pytest.raises(TypeError):
+        dev + np.ones(3)
+
+
+def _step(model, x_shape, num_classes):
+    """One forward + backward + SGD step, entirely on the active backend."""
+    x = B.to_device(np.random.default_rng(0).standard_normal(x_shape), dtype="float32")
+    labels = B.to_device(np.arange(x_shape[0]) % num_classes)
+    loss_fn = SoftmaxCrossEntropy()
+    opt = SGD(model.named_parameters(), lr=0.05)
+    losses = []
+    for _ in range(3):
+        loss = loss_fn.forward(model.forward(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+        losses.append(B.scalar(loss))   # the one explicit sync per step in this test
+    return losses
+
+
+def test_mlp_step_runs_on_either_backend(any_backend):
+    losses = _step(mlp(12, (8,), 3), (4, 3, 2, 2), 3)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_small_resnet_step_runs_on_either_backend(any_backend):
+    model = Sequential([("conv1", Conv2d(3, 4, 3, padding=1, bias=False)), ("bn1", BatchNorm2d(4)),
+                        ("relu", ReLU()), ("pool", MaxPool2d(2)), ("layer1", BasicBlock(4, 8, 2)),
+                        ("layer2", Bottleneck(8, 2, 1)), ("avgpool", AvgPool2d(2)), ("flatten", Flatten()),
+                        ("linear", Linear(8, 3, bias=False))])
+    losses = _step(model, (4, 3, 8, 8), 3)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

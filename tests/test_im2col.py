@@ -1,0 +1,40 @@
+"""im2col/col2im against plain loops, several strides and paddings."""
+import numpy as np
+import pytest
+
+from tinyitop.im2col import col2im, im2col, output_size
+
+
+def loop_im2col(x, kh, kw, stride, padding):
+    n, c, h, w = x.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    cols = np.zeros((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp_[b, :, i * stride:i * stride + kh, j * stride:j * stride + kw]  # (C, KH, KW)
+                cols[:, (b * oh + i) * ow + j] = patch.reshape(-1)
+    return cols
+
+
+CASES = [(3, 3, 1, 0), (3, 3, 1, 1), (3, 3, 2, 1), (1, 1, 1, 1), (2, 2, 2, 0), (3, 2, 2, 2), (5, 5, 3, 2)]
+
+
+@pytest.mark.parametrize("kh,kw,stride,padding", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_matches_loops(host_rng, kh, kw, stride, padding, dtype):
+    x = host_rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    cols = im2col(x, kh, kw, stride, padding)
+    assert cols.dtype == dtype                    # no silent float32 -> float64
+    np.testing.assert_array_equal(cols, loop_im2col(x, kh, kw, stride, padding))
+
+
+@pytest.mark.parametrize("kh,kw,stride,padding", CASES)
+def test_col2im_is_the_adjoint(host_rng, kh, kw, stride, padding):
+    """<im2col(x), c> == <x, col2im(c)> for random x, c: col2im sums overlaps exactly."""
+    x = host_rng.standard_normal((2, 3, 7, 6))
+    cols = host_rng.standard_normal(im2col(x, kh, kw, stride, padding).shape)
+    lhs = np.sum(im2col(x, kh, kw, stride, padding) * cols)
+    rhs = np.sum(x * col2im(cols, x.shape, kh, kw, stride, padding))
+    assert np.isclose(lhs, rhs, rtol=1e-12)

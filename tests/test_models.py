@@ -1,0 +1,82 @@
+"""Model shapes, parameter counts equal to PyTorch's reference models, input checks, overfitting."""
+import numpy as np
+import pytest
+
+from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp, mlp_cifar, resnet18, resnet34, resnet50, vgg16
+from tinyitop.layers import BatchNorm2d, Conv2d, Linear
+
+# Counted on PyTorch 2.13 replicas of the reference models (sparselearning's vgg-c, CIFAR ResNets).
+PYTORCH_PARAMETER_COUNTS = {mlp_cifar: 3_676_682, vgg16: 11_323_466, resnet18: 11_173_952,
+                            resnet34: 21_282_112, resnet50: 23_520_832}
+
+
+@pytest.mark.parametrize("factory", list(PYTORCH_PARAMETER_COUNTS), ids=lambda f: f.__name__)
+def test_parameter_counts_match_pytorch(factory):
+    assert factory().num_parameters() == PYTORCH_PARAMETER_COUNTS[factory]
+
+
+def test_mlp_weights_and_biases():
+    model = mlp_cifar()
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+    weights = sum(p.numel for n, p in model.named_parameters() if n.endswith("weight"))
+    assert weights == 3_675_136 and model.num_parameters() - weights == 1_546
+
+
+def test_resnet_parameter_names_read_like_pytorch():
+    names = [n for n, _ in resnet18().named_parameters()]
+    assert "layer2.0.shortcut.0.weight" in names and "layer1.1.conv2.weight" in names
+    assert names[-1] == "linear.weight"
+
+
+@pytest.mark.parametrize("factory", [vgg16, resnet18], ids=lambda f: f.__name__)
+def test_cifar_models_forward_float32(factory):
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = factory().forward(x)
+    assert y.shape == (2, 10) and y.dtype == np.float32
+
+
+def test_default_init_matches_pytorch_bounds():
+    layer = Linear(400, 30)
+    bound = 1 / np.sqrt(400)
+    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.weight.data).max() > 0.95 * bound
+    assert layer.weight.data.dtype == np.float32
+    conv = Conv2d(3, 8, 3)
+    assert np.abs(conv.weight.data).max() <= 1 / np.sqrt(27)
+
+
+def test_float64_models_compute_in_float64():
+    model = mlp(6, (5,), 2).astype(np.float64)
+    assert model.forward(np.ones((3, 6))).dtype == np.float64
+
+
+@pytest.mark.parametrize("layer,x,message", [
+    (Linear(4, 3), np.ones((2, 5), np.float32), "expects 4 features"),
+    (Linear(4, 3), np.ones((2, 2, 2), np.float32), "expects a 2-D input"),
+    (Conv2d(3, 4, 3), np.ones((2, 4, 8, 8), np.float32), "expects 3 features"),
+    (Conv2d(3, 4, 3), np.ones((2, 3, 8), np.float32), "expects a 4-D input"),
+    (Conv2d(3, 4, 5), np.ones((2, 3, 3, 3), np.float32), "smaller than the kernel"),
+    (BatchNorm2d(3), np.ones((2, 3, 8), np.float32), "expects a 4-D input"),
+])
+def test_wrong_shapes_are_clear_errors(layer, x, message):
+    with pytest.raises(ValueError, match=message):
+        layer.forward(x)
+
+
+def test_wrong_dtype_is_a_clear_error():
+    with pytest.raises(TypeError, match="float32 parameters but got a float64 input"):
+        Linear(4, 3).forward(np.ones((2, 4)))
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    rng = np.random.default_rng(3)
+    x = B.to_device(rng.standard_normal((32, 20)), dtype="float32")
+    labels = B.to_device(rng.integers(0, 4, 32))
+    model = mlp(20, (64,), 4)
+    loss_fn, opt = SoftmaxCrossEntropy(), SGD(model.named_parameters(), lr=0.1, weight_decay=0)
+    for _ in range(200):
+        loss_fn.forward(model.forward(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+    predictions = B.to_host(model.forward(x).argmax(axis=1))
+    assert (predictions == labels).mean() == 1.0

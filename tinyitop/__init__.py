@@ -1,0 +1,10 @@
+"""tinyitop: In-Time Over-Parameterization (Liu et al., ICML 2021) with truly sparse NumPy/CuPy layers."""
+from tinyitop import backend
+from tinyitop.blocks import BasicBlock, Bottleneck
+from tinyitop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d,
+                             Module, Parameter, ReLU, Sequential)
+from tinyitop.losses import SoftmaxCrossEntropy
+from tinyitop.models import mlp, mlp_cifar, resnet18, resnet34, resnet50, vgg16
+from tinyitop.optim import SGD, CosineLR, MultiStepLR
+
+__version__ = "0.1.0"

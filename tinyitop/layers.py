@@ -1,0 +1,364 @@
+"""Layers with explicit backprop: Linear, Conv2d (im2col), BatchNorm1d/2d, ReLU, pooling, Flatten.
+
+Each layer is a small class (the style of "Deep Learning from Scratch", Saito 2016): `forward(x)`
+keeps what backward needs under plain names; `backward(dout)` returns dx and stores each
+parameter's gradient in `param.grad`, next to `param.data`. Images are NCHW. Weight init and
+argument names follow PyTorch's defaults, so parameter counts and results are comparable.
+"""
+import math
+
+from tinyitop import backend as B
+from tinyitop.im2col import col2im, im2col, output_size
+
+DEFAULT_DTYPE = "float32"
+
+
+class Parameter:
+    """A dense trainable array `data` and its gradient `grad` (same shape and dtype)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def numel(self):
+        return int(self.data.size)
+
+    def astype(self, dtype):
+        self.data = self.data.astype(dtype)
+        self.grad = None
+
+
+class Module:
+    """Base class: walks sub-modules (attributes, in definition order) to find parameters by name."""
+
+    param_names = ()    # attributes holding Parameters, e.g. ("weight", "bias")
+    buffer_names = ()   # attributes holding non-trained state, e.g. BN running statistics
+    training = True
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def children(self):
+        return [(key, value) for key, value in vars(self).items() if isinstance(value, Module)]
+
+    def own_parameters(self):
+        return [(key, getattr(self, key)) for key in self.param_names if getattr(self, key) is not None]
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for key, child in self.children():
+            yield from child.named_modules(f"{prefix}.{key}" if prefix else key)
+
+    def named_parameters(self):
+        """[(full name, Parameter)], e.g. ("fc1.weight", ...), in a fixed order."""
+        out = []
+        for module_name, module in self.named_modules():
+            for key, param in module.own_parameters():
+                out.append((f"{module_name}.{key}" if module_name else key, param))
+        return out
+
+    def named_buffers(self):
+        out = []
+        for module_name, module in self.named_modules():
+            for key in module.buffer_names:
+                out.append((f"{module_name}.{key}" if module_name else key, module, key))
+        return out
+
+    def parameter(self, full_name):
+        return dict(self.named_parameters())[full_name]
+
+    def num_parameters(self):
+        return sum(p.numel for _, p in self.named_parameters())
+
+    def train(self, mode=True):
+        for _, module in self.named_modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Cast every parameter and buffer, e.g. to float64 for gradient checks."""
+        for _, param in self.named_parameters():
+            param.astype(dtype)
+        for _, module, key in self.named_buffers():
+            setattr(module, key, getattr(module, key).astype(dtype))
+        return self
+
+    def dtype(self):
+        return self.named_parameters()[0][1].dtype
+
+
+def check_input(layer, x, ndim, features=None, axis=1):
+    """Raise a clear error for a wrong rank, feature size or dtype before any math happens."""
+    kind = type(layer).__name__
+    if x.ndim != ndim:
+        raise ValueError(f"{kind} expects a {ndim}-D input, got shape {tuple(x.shape)}")
+    if features is not None and x.shape[axis] != features:
+        raise ValueError(f"{kind} expects {features} features on axis {axis}, got shape {tuple(x.shape)}")
+    params = layer.own_parameters()
+    if params and x.dtype != params[0][1].dtype:
+        raise TypeError(f"{kind} has {params[0][1].dtype} parameters but got a {x.dtype} input; "
+                        "cast the input or call model.astype(dtype)")
+
+
+def uniform(shape, bound, dtype=DEFAULT_DTYPE):
+    """U(-bound, bound) drawn from the backend generator (PyTorch's default init family)."""
+    return (B.rng().random(shape, dtype=dtype) * (2 * bound) - bound).astype(dtype)
+
+
+class Linear(Module):
+    """y = x W^T + b; W (out_features, in_features). x (N, in) -> y (N, out)."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, in_features, out_features, bias=True):
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=sqrt(5)) reduces to 1/sqrt(fan_in)
+        self.weight = Parameter(uniform((out_features, in_features), bound))
+        self.bias = Parameter(uniform((out_features,), bound)) if bias else None
+        self.x = None
+
+    def forward(self, x):
+        check_input(self, x, 2, self.in_features)
+        self.x = x
+        y = x @ self.weight.data.T            # (N, in) @ (in, out) -> (N, out)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dout):
+        self.weight.grad = dout.T @ self.x    # (out, N) @ (N, in) -> (out, in)
+        if self.bias is not None:
+            self.bias.grad = dout.sum(axis=0)  # (out,)
+        return dout @ self.weight.data        # (N, out) @ (out, in) -> (N, in)
+
+
+class Conv2d(Module):
+    """2-D convolution as one product: W (O, C*KH*KW) @ im2col(x) (C*KH*KW, N*OH*OW)."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.stride, self.padding = stride, padding
+        kh, kw = self.kernel_size
+        bound = 1.0 / math.sqrt(in_channels * kh * kw)
+        self.weight = Parameter(uniform((out_channels, in_channels, kh, kw), bound))
+        self.bias = Parameter(uniform((out_channels,), bound)) if bias else None
+        self.x_shape = self.cols = None
+
+    def output_shape(self, x_shape):
+        n, _, h, w = x_shape
+        kh, kw = self.kernel_size
+        return (n, self.out_channels, output_size(h, kh, self.stride, self.padding),
+                output_size(w, kw, self.stride, self.padding))
+
+    def _check(self, x):
+        check_input(self, x, 4, self.in_channels)
+        _, _, out_h, out_w = self.output_shape(x.shape)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"{type(self).__name__}: input {tuple(x.shape)} is smaller than the kernel")
+        return out_h, out_w
+
+    def forward(self, x):
+        out_h, out_w = self._check(x)
+        kh, kw = self.kernel_size
+        self.x_shape = x.shape
+        self.cols = im2col(x, kh, kw, self.stride, self.padding)          # (C*KH*KW, N*OH*OW)
+        out = self._matmul(self.cols)                                      # (O, N*OH*OW)
+        if self.bias is not None:
+            out += self.bias.data[:, None]
+        n = x.shape[0]
+        return out.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)  # (N, O, OH, OW)
+
+    def _matmul(self, cols):
+        return self.weight.data.reshape(self.out_channels, -1) @ cols      # (O, CKK) @ (CKK, M)
+
+    def backward(self, dout):
+        dout2 = dout.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)  # (N, O, OH, OW) -> (O, N*OH*OW)
+        if self.bias is not None:
+            self.bias.grad = dout2.sum(axis=1)                              # (O,)
+        dcols = self._backward_matmul(dout2)                                # (C*KH*KW, N*OH*OW)
+        kh, kw = self.kernel_size
+        return col2im(dcols, self.x_shape, kh, kw, self.stride, self.padding)
+
+    def _backward_matmul(self, dout2):
+        w2 = self.weight.data.reshape(self.out_channels, -1)                # (O, CKK)
+        self.weight.grad = (dout2 @ self.cols.T).reshape(self.weight.shape)  # (O, M) @ (M, CKK)
+        return w2.T @ dout2                                                 # (CKK, O) @ (O, M)
+
+
+class _BatchNorm(Module):
+    """Batch normalisation (Ioffe & Szegedy 2015) over `axes`; one gamma/beta per channel."""
+
+    param_names = ("weight", "bias")
+    buffer_names = ("running_mean", "running_var")
+    axes = None
+    ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        xp = B.xp
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(xp.ones(num_features, dtype=DEFAULT_DTYPE))    # gamma
+        self.bias = Parameter(xp.zeros(num_features, dtype=DEFAULT_DTYPE))     # beta
+        self.running_mean = xp.zeros(num_features, dtype=DEFAULT_DTYPE)
+        self.running_var = xp.ones(num_features, dtype=DEFAULT_DTYPE)
+        self.x_hat = self.std = None
+
+    def _shape(self, vector):
+        """(C,) -> broadcastable against the input: (1, C) or (1, C, 1, 1)."""
+        return vector.reshape((1, -1) + (1,) * (self.ndim - 2))
+
+    def forward(self, x):
+        check_input(self, x, self.ndim, self.num_features)
+        if self.training:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(f"{type(self).__name__} in train mode needs more than one value per channel")
+            mean = x.mean(axis=self.axes, keepdims=True)
+            centred = x - mean
+            var = (centred * centred).mean(axis=self.axes, keepdims=True)   # biased, used to normalise
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mean.reshape(-1)
+            self.running_var = (1 - m) * self.running_var + m * var.reshape(-1) * (count / (count - 1))
+        else:
+            centred = x - self._shape(self.running_mean)
+            var = self._shape(self.running_var)
+        self.std = B.xp.sqrt(var + self.eps)
+        self.x_hat = centred / self.std
+        return self._shape(self.weight.data) * self.x_hat + self._shape(self.bias.data)
+
+    def backward(self, dout):
+        axes = self.axes
+        self.bias.grad = dout.sum(axis=axes)                         # (C,)
+        self.weight.grad = (dout * self.x_hat).sum(axis=axes)        # (C,)
+        dx_hat = dout * self._shape(self.weight.data)
+        if not self.training:                                        # statistics are constants
+            return dx_hat / self.std
+        # Mean and variance depend on x too: the two mean terms below are their gradients.
+        return (dx_hat - dx_hat.mean(axis=axes, keepdims=True)
+                - self.x_hat * (dx_hat * self.x_hat).mean(axis=axes, keepdims=True)) / self.std
+
+
+class BatchNorm1d(_BatchNorm):
+    """x (N, C): statistics over the batch."""
+    axes, ndim = (0,), 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """x (N, C, H, W): statistics per channel over batch and pixels (not per activation)."""
+    axes, ndim = (0, 2, 3), 4
+
+
+class ReLU(Module):
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
+class _Pool2d(Module):
+    """Non-overlapping pooling (stride == kernel), PyTorch floor mode: extra rows/cols dropped."""
+
+    def __init__(self, kernel_size, stride=None):
+        if stride is not None and stride != kernel_size:
+            raise ValueError(f"{type(self).__name__} supports stride == kernel_size only, "
+                             f"got kernel {kernel_size}, stride {stride}")
+        self.kernel_size = kernel_size
+
+    def _windows(self, x):
+        """(N, C, H, W) -> (N, C, OH, OW, k*k), one row per pooling window."""
+        check_input(self, x, 4)
+        k = self.kernel_size
+        n, c, h, w = x.shape
+        out_h, out_w = h // k, w // k
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"{type(self).__name__}({k}) got an input smaller than the window: {tuple(x.shape)}")
+        self.x_shape = x.shape
+        x = x[:, :, :out_h * k, :out_w * k].reshape(n, c, out_h, k, out_w, k)    # (N, C, OH, k, OW, k)
+        return x.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, out_h, out_w, k * k)  # (N, C, OH, OW, k*k)
+
+    def _unwindows(self, dwin):
+        """Adjoint of _windows: (N, C, OH, OW, k*k) -> (N, C, H, W), zeros where rows were dropped."""
+        k = self.kernel_size
+        n, c, h, w = self.x_shape
+        out_h, out_w = dwin.shape[2], dwin.shape[3]
+        d = dwin.reshape(n, c, out_h, out_w, k, k).transpose(0, 1, 2, 4, 3, 5)  # (N, C, OH, k, OW, k)
+        dx = B.xp.zeros(self.x_shape, dtype=dwin.dtype)
+        dx[:, :, :out_h * k, :out_w * k] = d.reshape(n, c, out_h * k, out_w * k)
+        return dx
+
+
+class MaxPool2d(_Pool2d):
+    def forward(self, x):
+        windows = self._windows(x)                                      # (N, C, OH, OW, k*k)
+        self.argmax = windows.argmax(axis=-1)                           # (N, C, OH, OW)
+        return B.xp.take_along_axis(windows, self.argmax[..., None], axis=-1)[..., 0]
+
+    def backward(self, dout):
+        k2 = self.kernel_size ** 2
+        # The gradient goes to the one maximum of each window (first one on ties).
+        onehot = B.xp.arange(k2) == self.argmax[..., None]              # (N, C, OH, OW, k*k)
+        return self._unwindows(onehot * dout[..., None])
+
+
+class AvgPool2d(_Pool2d):
+    def forward(self, x):
+        return self._windows(x).mean(axis=-1)                           # (N, C, OH, OW)
+
+    def backward(self, dout):
+        k2 = self.kernel_size ** 2
+        dwin = B.xp.broadcast_to(dout[..., None] / k2, dout.shape + (k2,))
+        return self._unwindows(dwin)
+
+
+class Flatten(Module):
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)       # (N, C, H, W) -> (N, C*H*W)
+
+    def backward(self, dout):
+        return dout.reshape(self.x_shape)
+
+
+class Sequential(Module):
+    """Layers applied in order; built from modules or (name, module) pairs."""
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self._names = []
+        for index, layer in enumerate(layers):
+            name, module = layer if isinstance(layer, tuple) else (str(index), layer)
+            setattr(self, name, module)
+            self._names.append(name)
+
+    def layers(self):
+        return [getattr(self, name) for name in self._names]
+
+    def children(self):
+        return [(name, getattr(self, name)) for name in self._names]
+
+    def forward(self, x):
+        for layer in self.layers():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers()):
+            dout = layer.backward(dout)
+        return dout

@@ -1,0 +1,80 @@
+"""The paper's networks (Liu et al. 2021, Section 4): MLP, VGG-16 ("vgg-c"), ResNet-18/34/50 (CIFAR).
+
+Shapes and parameter names follow the PyTorch reference models; `sparsify` turns any of them
+into its truly sparse twin (CSR weights) with per-layer densities from `tinyitop.init`.
+"""
+from tinyitop.blocks import BasicBlock, Bottleneck
+from tinyitop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d,
+                             ReLU, Sequential)
+
+
+def mlp(in_features, hidden=(1024, 512), num_classes=10):
+    """Flatten -> fc1 -> ReLU -> ... -> fcK (logits). Input (N, ...) with prod(...) = in_features."""
+    layers = [("flatten", Flatten())]
+    sizes = [in_features, *hidden, num_classes]
+    for i in range(len(sizes) - 1):
+        layers.append((f"fc{i + 1}", Linear(sizes[i], sizes[i + 1])))
+        if i < len(sizes) - 2:
+            layers.append((f"relu{i + 1}", ReLU()))
+    return Sequential(layers)
+
+
+def mlp_cifar(num_classes=10):
+    """The paper's CIFAR-10 MLP: 3072 -> 1024 -> 512 -> 10 (3,675,136 weights, 1,546 biases)."""
+    return mlp(3 * 32 * 32, (1024, 512), num_classes)
+
+
+# 'C' = a 1x1 conv that the reference still pads by 1, so the map grows by 2 (8->10, 5->7, 3->5).
+VGG16_C_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, "C256", "M", 512, 512, "C512", "M",
+                512, 512, "C512", "M"]
+
+
+def vgg16(num_classes=10):
+    """VGG-16 'vgg-c' of the sparselearning reference; 32x32 input -> 512x2x2 = 2048 features."""
+    features, in_channels, index = [], 3, 0
+    for item in VGG16_C_PLAN:
+        if item == "M":
+            features.append((str(index), MaxPool2d(2)))
+            index += 1
+            continue
+        kernel = 1 if isinstance(item, str) else 3
+        channels = int(item[1:]) if isinstance(item, str) else item
+        features += [(str(index), Conv2d(in_channels, channels, kernel, padding=1)),
+                     (str(index + 1), BatchNorm2d(channels)), (str(index + 2), ReLU())]
+        index += 3
+        in_channels = channels
+    classifier = [("0", Linear(2048, 512)), ("1", ReLU()), ("2", BatchNorm1d(512)),
+                  ("3", Linear(512, 512)), ("4", ReLU()), ("5", BatchNorm1d(512)),
+                  ("6", Linear(512, num_classes))]
+    return Sequential([("features", Sequential(features)), ("flatten", Flatten()),
+                       ("classifier", Sequential(classifier))])
+
+
+def _resnet(block, num_blocks, num_classes):
+    """CIFAR ResNet: 3x3 stem (no max-pool), four stages, 4x4 average pool, bias-free Linear."""
+    layers = [("conv1", Conv2d(3, 64, 3, padding=1, bias=False)), ("bn1", BatchNorm2d(64)), ("relu", ReLU())]
+    in_planes = 64
+    for stage, (planes, count, stride) in enumerate(zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2))):
+        blocks = []
+        for i in range(count):
+            blocks.append((str(i), block(in_planes, planes, stride if i == 0 else 1)))
+            in_planes = planes * block.expansion
+        layers.append((f"layer{stage + 1}", Sequential(blocks)))
+    layers += [("avgpool", AvgPool2d(4)), ("flatten", Flatten()),
+               ("linear", Linear(512 * block.expansion, num_classes, bias=False))]
+    return Sequential(layers)
+
+
+def resnet18(num_classes=10):
+    return _resnet(BasicBlock, (2, 2, 2, 2), num_classes)
+
+
+def resnet34(num_classes=10):
+    return _resnet(BasicBlock, (3, 4, 6, 3), num_classes)
+
+
+def resnet50(num_classes=10):
+    return _resnet(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+MODELS = {"vgg16": vgg16, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}

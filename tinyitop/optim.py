@@ -1,0 +1,68 @@
+"""SGD with momentum, Nesterov and weight decay (PyTorch semantics), and learning-rate schedules.
+
+State is one velocity array per parameter, aligned with `param.data`. For a sparse weight that is
+a vector aligned with its nonzeros, so after a topology update `remap` carries the velocity of
+surviving weights over and starts grown ones at zero (Liu et al. 2021, Appendix: optimizer state).
+"""
+import math
+
+from tinyitop import backend as B
+
+
+class SGD:
+    def __init__(self, named_parameters, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.params = list(named_parameters)
+        self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
+        self.velocity = {name: B.xp.zeros(p.data.shape, dtype=p.data.dtype) for name, p in self.params}
+
+    def step(self):
+        m = self.momentum
+        for name, p in self.params:
+            g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+            v = self.velocity[name]
+            v *= m
+            v += g                                     # v = m v + g (no dampening)
+            update = g + m * v if self.nesterov else v
+            p.data -= self.lr * update                 # in place: for CSR weights this writes .data
+
+    def remap(self, name, source):
+        """After a topology update: new slot j takes old slot source[j]; source[j] < 0 -> zero."""
+        old = self.velocity[name]
+        xp = B.xp
+        keep = source >= 0
+        new = xp.zeros(source.shape, dtype=old.dtype)
+        new[keep] = old[source[keep]]
+        self.velocity[name] = new
+
+    def reset(self, name, entries):
+        """Zero the state at the given flat entries of a parameter."""
+        self.velocity[name].reshape(-1)[entries] = 0
+
+    def astype(self, dtype):
+        self.velocity = {k: v.astype(dtype) for k, v in self.velocity.items()}
+
+
+class MultiStepLR:
+    """lr * gamma^(number of milestones passed); milestones are fractions of the total epochs."""
+
+    def __init__(self, base_lr, total_epochs, milestones=(0.5, 0.75), gamma=0.1):
+        self.base_lr, self.gamma = base_lr, gamma
+        self.milestone_epochs = [int(round(f * total_epochs)) for f in milestones]
+
+    def __call__(self, epoch):
+        passed = sum(epoch >= e for e in self.milestone_epochs)
+        return self.base_lr * self.gamma ** passed
+
+
+class CosineLR:
+    """lr follows half a cosine from base_lr to 0 over total_epochs."""
+
+    def __init__(self, base_lr, total_epochs):
+        self.base_lr, self.total_epochs = base_lr, total_epochs
+
+    def __call__(self, epoch):
+        return 0.5 * self.base_lr * (1 + math.cos(math.pi * epoch / self.total_epochs))
