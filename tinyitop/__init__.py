@@ -8,3 +8,8 @@ from tinyitop.models import mlp, mlp_cifar, resnet18, resnet34, resnet50, vgg16
 from tinyitop.optim import SGD, CosineLR, MultiStepLR
 
 __version__ = "0.1.0"
+from tinyitop.explore import Exploration
+from tinyitop.init import layer_densities
+from tinyitop.models import sparsify
+from tinyitop.sparse import SparseConv2d, SparseLinear
+from tinyitop.topology import TopologyUpdater, prune_rate

@@ -4,17 +4,37 @@ Shapes and parameter names follow the PyTorch reference models; `sparsify` turns
 into its truly sparse twin (CSR weights) with per-layer densities from `tinyitop.init`.
 """
 from tinyitop.blocks import BasicBlock, Bottleneck
+from tinyitop.init import layer_densities
 from tinyitop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d,
-                             ReLU, Sequential)
+                             Module, ReLU, Sequential)
+from tinyitop.sparse import SparseConv2d, SparseLinear
 
 
-def mlp(in_features, hidden=(1024, 512), num_classes=10):
-    """Flatten -> fc1 -> ReLU -> ... -> fcK (logits). Input (N, ...) with prod(...) = in_features."""
-    layers = [("flatten", Flatten())]
+def check_sparsity(sparsity):
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def mlp(in_features, hidden=(1024, 512), num_classes=10, sparsity=None, init="erk", dense_layers=(),
+        fan_in_scaling=False):
+    """Flatten -> fc1 -> ReLU -> ... -> fcK (logits). Input (N, ...) with prod(...) = in_features.
+
+    With `sparsity`, every fc layer not in `dense_layers` is built directly as a SparseLinear (no dense
+    weight is ever allocated, which matters for wide layers), with densities from `init`.
+    """
     sizes = [in_features, *hidden, num_classes]
-    for i in range(len(sizes) - 1):
-        layers.append((f"fc{i + 1}", Linear(sizes[i], sizes[i + 1])))
-        if i < len(sizes) - 2:
+    shapes = {f"fc{i + 1}": (sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)}
+    densities = {}
+    if sparsity is not None:
+        check_sparsity(sparsity)
+        densities = layer_densities({n: s for n, s in shapes.items() if n not in dense_layers}, 1 - sparsity, init)
+    layers = [("flatten", Flatten())]
+    for i, (name, (n_out, n_in)) in enumerate(shapes.items()):
+        if name in densities:
+            layers.append((name, SparseLinear(n_in, n_out, densities[name], fan_in_scaling=fan_in_scaling)))
+        else:
+            layers.append((name, Linear(n_in, n_out)))
+        if i < len(shapes) - 1:
             layers.append((f"relu{i + 1}", ReLU()))
     return Sequential(layers)
 
@@ -75,6 +95,44 @@ def resnet34(num_classes=10):
 
 def resnet50(num_classes=10):
     return _resnet(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+def _owners(module):
+    """(owner, attribute, child) for every sub-module, following real attributes (for replacement)."""
+    for key, value in list(vars(module).items()):
+        if isinstance(value, Module):
+            yield module, key, value
+            yield from _owners(value)
+
+
+def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False):
+    """Swap every Linear/Conv2d not named in `dense_layers` for its truly sparse twin, in place.
+
+    Densities per layer come from `init` (uniform / er / erk) for the global `sparsity`; weights are
+    drawn afresh from the same distribution as the dense layer's (PyTorch default), at exact
+    positions. Layers in `dense_layers` (e.g. ["conv1", "linear"]) stay dense and out of R_s.
+    """
+    check_sparsity(sparsity)
+    names = {id(m): name for name, m in model.named_modules()}
+    targets = [(owner, key, child) for owner, key, child in _owners(model)
+               if type(child) in (Linear, Conv2d) and names.get(id(child)) not in dense_layers]
+    unknown = set(dense_layers) - {names.get(id(c)) for _, _, c in _owners(model)}
+    if unknown:
+        raise ValueError(f"dense_layers names no layer of this model: {sorted(unknown)}")
+    shapes = {names[id(child)]: tuple(child.weight.shape) for _, _, child in targets}   # conv: (O, C, KH, KW)
+    densities = layer_densities(shapes, 1 - sparsity, init)
+    for owner, key, child in targets:
+        density = densities[names[id(child)]]
+        has_bias = child.bias is not None
+        if isinstance(child, Conv2d):
+            new = SparseConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                               child.padding, bias=has_bias, density=density, fan_in_scaling=fan_in_scaling)
+        else:
+            new = SparseLinear(child.in_features, child.out_features, density, bias=has_bias,
+                               fan_in_scaling=fan_in_scaling)
+        new.astype(child.dtype())
+        setattr(owner, key, new)
+    return model
 
 
 MODELS = {"vgg16": vgg16, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}

@@ -1,0 +1,170 @@
+"""SparseLinear / SparseConv2d equal their dense twins with a masked weight (float64), on both backends."""
+import numpy as np
+import pytest
+
+from gradcheck import check_layer
+from tinyitop import backend as B
+from tinyitop.init import active_count, sample_positions
+from tinyitop.layers import Conv2d, Linear, Parameter
+from tinyitop.sparse import GATHER_MAX_DENSITY, SparseConv2d, SparseLinear, SparseWeight, csr_from_flat, sddmm
+
+
+def _mask(kind, shape, rng):
+    """Host boolean masks, including the awkward ones."""
+    rows, cols = shape
+    if kind == "random":
+        return rng.random(shape) < 0.3
+    if kind == "empty_rows_and_cols":
+        mask = rng.random(shape) < 0.5
+        mask[::2] = False
+        mask[:, 1::3] = False
+        return mask
+    if kind == "dense":
+        return np.ones(shape, dtype=bool)
+    mask = np.zeros(shape, dtype=bool)      # a single nonzero
+    mask[rows // 2, cols - 1] = True
+    return mask
+
+
+def _set_weight(layer, dense_w):
+    """Make the sparse layer hold exactly the nonzeros of host matrix dense_w."""
+    flat = np.flatnonzero(dense_w)
+    layer.weight_param = SparseWeight(csr_from_flat(B.to_device(flat), B.to_device(dense_w.reshape(-1)[flat]),
+                                                    dense_w.shape))
+
+
+MASKS = ["random", "empty_rows_and_cols", "dense", "single"]
+
+
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("force_gather", [False, True])
+def test_sparse_linear_equals_masked_dense(any_backend, host_rng, mask_kind, force_gather, monkeypatch):
+    if force_gather:   # exercise the gather (SDDMM) path at any density
+        monkeypatch.setattr("tinyitop.sparse.GATHER_MAX_DENSITY", 2.0)
+    mask = _mask(mask_kind, (6, 9), host_rng)
+    w = host_rng.standard_normal((6, 9)) * mask
+    b = host_rng.standard_normal(6)
+    sparse = SparseLinear(9, 6, 0.5).astype("float64")
+    _set_weight(sparse, w)
+    sparse.bias = Parameter(B.to_device(b))
+    x = host_rng.standard_normal((5, 9))
+    dout = host_rng.standard_normal((5, 6))
+
+    y = B.to_host(sparse.forward(B.to_device(x)))
+    dx = B.to_host(sparse.backward(B.to_device(dout)))
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dout @ w, rtol=1e-12, atol=1e-12)
+    grad_dense = dout.T @ x
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_allclose(B.to_host(sparse.weight_param.grad), grad_dense[rows, cols], rtol=1e-10, atol=1e-12)
+    assert y.dtype == np.float64
+
+
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_sparse_conv_equals_masked_dense(any_backend, host_rng, mask_kind):
+    dense = Conv2d(3, 4, 3, stride=2, padding=1).astype("float64")
+    mask = _mask(mask_kind, (4, 27), host_rng)
+    w = B.to_host(dense.weight.data).reshape(4, 27) * mask
+    dense.weight.data = B.to_device(w.reshape(4, 3, 3, 3))
+    sparse = SparseConv2d(3, 4, 3, stride=2, padding=1, density=0.5).astype("float64")
+    _set_weight(sparse, w)
+    sparse.bias = Parameter(dense.bias.data.copy())
+    x = B.to_device(host_rng.standard_normal((2, 3, 7, 7)))
+    dout = B.to_device(host_rng.standard_normal(dense.output_shape(x.shape)))
+    np.testing.assert_allclose(B.to_host(sparse.forward(x)), B.to_host(dense.forward(x)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(B.to_host(sparse.backward(dout)), B.to_host(dense.backward(dout)), atol=1e-12)
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_allclose(B.to_host(sparse.weight_param.grad),
+                               B.to_host(dense.weight.grad).reshape(4, 27)[rows, cols], atol=1e-12)
+    np.testing.assert_allclose(B.to_host(sparse.bias.grad), B.to_host(dense.bias.grad), atol=1e-12)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.2])   # gather path and dense-then-take path
+def test_sparse_linear_gradient_check(host_rng, density):
+    layer = SparseLinear(60, 8, density).astype("float64")
+    assert (density < GATHER_MAX_DENSITY) == (layer.weight_param.density < GATHER_MAX_DENSITY)
+    check_layer(layer, host_rng.standard_normal((3, 60)), host_rng)
+
+
+def test_sparse_conv_gradient_check(host_rng):
+    layer = SparseConv2d(2, 3, 3, padding=1, density=0.4).astype("float64")
+    check_layer(layer, host_rng.standard_normal((2, 2, 4, 4)), host_rng)
+
+
+def test_weight_is_a_true_csr_matrix():
+    layer = SparseLinear(100, 50, 0.1)
+    assert B.sparse.issparse(layer.weight) and layer.weight.format == "csr"
+    assert layer.weight.shape == (50, 100) and layer.weight.nnz == 500
+    assert layer.weight.data.dtype == np.float32 and layer.weight.indices.dtype == np.int32
+    assert layer.weight_param.data is layer.weight.data   # the optimizer writes the CSR's own values
+    assert not any(isinstance(v, np.ndarray) and v.size >= 5000 for v in vars(layer).values())
+
+
+def test_exact_counts_and_distinct_sorted_positions():
+    for numel, density in [(10, 0.5), (3072 * 1024, 0.0413), (1000, 0.999), (7, 1.0)]:
+        k = active_count(density, numel)
+        positions = B.to_host(sample_positions(numel, k))
+        assert positions.size == k == round(density * numel)
+        assert np.all(np.diff(positions) > 0) and positions[0] >= 0 and positions[-1] < numel
+
+
+def test_sampling_respects_exclusions_and_is_uniform(host_rng):
+    excluded = np.array([0, 2, 4, 6, 8])
+    counts = np.zeros(10)
+    for _ in range(2000):
+        counts[B.to_host(sample_positions(10, 2, excluded=B.to_device(excluded)))] += 1
+    assert counts[excluded].sum() == 0
+    allowed = counts[[1, 3, 5, 7, 9]]
+    assert np.all(np.abs(allowed / 2000 - 0.4) < 0.05)     # each odd position picked 2/5 of the time
+
+
+def test_fan_in_scaling_uses_actual_fan_in():
+    B.seed(1)
+    layer = SparseLinear(1000, 200, 0.01, fan_in_scaling=True)
+    fan_in = np.diff(layer.weight.indptr)
+    bound_per_nnz = 1 / np.sqrt(np.maximum(fan_in, 1))[layer.weight_param.rows()]
+    assert np.all(np.abs(layer.weight.data) <= bound_per_nnz + 1e-7)
+    assert np.abs(layer.weight.data).max() > 0.2      # far above the dense bound 1/sqrt(1000) = 0.032
+
+
+def test_bad_density_is_rejected():
+    with pytest.raises(ValueError, match="density must be in"):
+        SparseLinear(4, 4, 0.0)
+    with pytest.raises(ValueError, match="density must be in"):
+        SparseConv2d(4, 4, 3, density=1.5)
+
+
+def test_sddmm_matches_dense_then_take(host_rng):
+    left, right = host_rng.standard_normal((30, 7)), host_rng.standard_normal((40, 7))
+    rows, cols = host_rng.integers(0, 30, 5000), host_rng.integers(0, 40, 5000)
+    np.testing.assert_allclose(sddmm(left, right, rows, cols), (left @ right.T)[rows, cols], rtol=1e-12)
+
+
+def test_memory_is_proportional_to_nnz(host_rng):
+    """3072x1024 at 99% sparsity after a training step (gradient, cached gather plan, momentum,
+    explored set all held): < 5% of the bytes of its dense twin (weight, gradient, momentum)."""
+    from tinyitop import SGD, Exploration
+    from tinyitop.models import Sequential
+    from tinyitop.topology import sparse_layers
+    sparse = SparseLinear(3072, 1024, 0.01)
+    model = Sequential([("fc", sparse)])
+    opt = SGD(model.named_parameters())
+    exploration = Exploration(sparse_layers(model))
+    sparse.forward(host_rng.standard_normal((128, 3072)).astype(np.float32))
+    sparse.backward(host_rng.standard_normal((128, 1024)).astype(np.float32))
+    opt.step()
+    assert sparse.weight_param._plan is not None            # the gather path ran and cached its plan
+    held = (sparse.weight_param.nbytes() + sum(v.nbytes for v in opt.velocity.values())
+            + exploration.sets["fc"].nbytes() + 2 * sparse.bias.data.nbytes)
+    dense_twin = 3 * (3072 * 1024 + 1024) * 4
+    assert held / dense_twin < 0.05, held / dense_twin
+
+
+def test_sddmm_in_tiled_order_matches(host_rng):
+    from tinyitop.sparse import SparseWeight
+    weight = SparseLinear(2000, 50, 0.02).weight_param
+    left, right = host_rng.standard_normal((50, 16)), host_rng.standard_normal((2000, 16))
+    order, rows, cols = weight.gather_plan()
+    expected = (left @ right.T)[B.to_host(weight.rows()), B.to_host(weight.csr.indices)]
+    np.testing.assert_allclose(sddmm(left, right, rows, cols, order), expected, rtol=1e-12)
+    assert isinstance(weight, SparseWeight)

@@ -1,0 +1,136 @@
+"""The topology update of dynamic sparse training: prune the weakest weights, grow as many new ones.
+
+SET (Mocanu et al. 2018) grows at random, RigL (Evci et al. 2020) where the dense gradient is
+largest, and ITOP's "unexplored" mode (Liu et al. 2021, Appendix F) prefers never-activated positions.
+Every `update_interval` iterations, for each sparse layer: prune k = ceil(p * nnz) smallest |w|, grow
+exactly k among the positions inactive after pruning. nnz is unchanged; grown weights and their
+momentum start at zero; the prune rate p follows a cosine from P down to 0.005 over training.
+"""
+import math
+
+from tinyitop import backend as B
+from tinyitop.init import contains, sample_positions
+from tinyitop.sparse import SPARSE_TYPES
+
+GROWTH_MODES = ("random", "gradient", "unexplored")
+FINAL_PRUNE_RATE = 0.005
+
+
+def prune_rate(step, total_steps, initial=0.5, final=FINAL_PRUNE_RATE):
+    """Cosine decay: p(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2."""
+    return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def sparse_layers(model):
+    """{name: layer} of every sparse layer in the model, in order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, SPARSE_TYPES)}
+
+
+def prune(weight, k):
+    """Slots (indices into the nonzeros) that survive removing the k smallest |w|; sorted."""
+    xp = B.xp
+    if k == 0:
+        return xp.arange(weight.nnz)
+    magnitudes = xp.abs(weight.data)
+    keep = xp.argpartition(magnitudes, k)[k:] if k < weight.nnz else xp.zeros(0, dtype=xp.int64)
+    return xp.sort(keep)
+
+
+def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None):
+    """k new flat positions, none in `kept_positions` (sorted), chosen by `mode`; sorted."""
+    xp = B.xp
+    numel = weight.numel
+    if mode == "random":
+        return sample_positions(numel, k, excluded=kept_positions)
+    if mode == "gradient":
+        if dense_grad is None:
+            raise ValueError("gradient growth needs the dense gradient of this step (layer.keep_dense_grad)")
+        scores = xp.abs(dense_grad).reshape(-1)                     # (numel,)
+        scores[kept_positions] = -1                                # active ones are not candidates
+        return xp.sort(xp.argpartition(-scores, k - 1)[:k]).astype(xp.int64) if k else kept_positions[:0]
+    if mode == "unexplored":
+        # Never-activated positions first; explored ones already include every kept position.
+        n_unexplored = numel - explored.count()
+        first = sample_positions(numel, min(k, n_unexplored), excluded=explored.positions.astype(xp.int64))
+        if first.size == k:
+            return first
+        rest = sample_positions(numel, k - first.size,
+                                excluded=xp.unique(xp.concatenate([kept_positions, first])))
+        return xp.sort(xp.concatenate([first, rest]))
+    raise ValueError(f"unknown growth mode {mode!r}: choose one of {', '.join(GROWTH_MODES)}")
+
+
+def update_layer(weight, rate, mode, explored=None, dense_grad=None):
+    """Prune and regrow one SparseWeight in place.
+
+    Returns (source, kept_positions, grown_positions); `source[j]` is the old slot of new nonzero j,
+    or -1 where it was grown (the optimizer uses it to carry momentum over).
+    """
+    xp = B.xp
+    k = math.ceil(rate * weight.nnz)
+    positions = weight.flat_positions()                            # (nnz,) sorted
+    kept_slots = prune(weight, k)                                   # (nnz - k,)
+    kept_positions = positions[kept_slots]
+    grown = grow(weight, kept_positions, k, mode, explored, dense_grad)
+    new_positions = xp.concatenate([kept_positions, grown])
+    source = xp.concatenate([kept_slots, xp.full(grown.size, -1, dtype=kept_slots.dtype)])
+    order = xp.argsort(new_positions)
+    new_positions, source = new_positions[order], source[order]
+    values = xp.zeros(new_positions.size, dtype=weight.dtype)
+    values[source >= 0] = weight.data[source[source >= 0]]         # survivors keep their value; grown = 0
+    weight.set_topology(new_positions, values)
+    return source, kept_positions, grown
+
+
+class TopologyUpdater:
+    """Decides when to update and applies the update to every sparse layer of a model.
+
+    method: 'static' (never), 'set' (random growth by default) or 'rigl' (gradient growth).
+    """
+
+    def __init__(self, model, optimizer, exploration, method="set", growth=None, update_interval=1500,
+                 initial_prune_rate=0.5, total_steps=1, stop_exploration_step=None):
+        if growth is None:
+            growth = "gradient" if method == "rigl" else "random"
+        if growth not in GROWTH_MODES:
+            raise ValueError(f"unknown growth mode {growth!r}: choose one of {', '.join(GROWTH_MODES)}")
+        if method == "rigl" and growth != "gradient" or method == "set" and growth == "gradient":
+            raise ValueError(f"method {method!r} does not grow by {growth!r}")
+        if update_interval < 1:
+            raise ValueError(f"update_interval must be >= 1, got {update_interval}")
+        if not 0 < initial_prune_rate < 1:
+            raise ValueError(f"initial prune rate must be in (0, 1), got {initial_prune_rate}")
+        self.model, self.optimizer, self.exploration = model, optimizer, exploration
+        self.method, self.growth, self.update_interval = method, growth, update_interval
+        self.initial_prune_rate, self.total_steps = initial_prune_rate, total_steps
+        self.stop_exploration_step = stop_exploration_step
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        # A layer at density 1 (made dense by ERK) has nothing to explore.
+        self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight_param.density < 1}
+
+    def is_update_step(self, step):
+        """Topology changes after iteration `step` (1-based) every update_interval iterations."""
+        if self.method not in ("set", "rigl") or step % self.update_interval or step >= self.total_steps:
+            return False
+        return self.stop_exploration_step is None or step <= self.stop_exploration_step
+
+    def prepare(self, step):
+        """Before the backward of iteration `step`: RigL asks the layers to keep their dense gradient."""
+        want = self.growth == "gradient" and self.is_update_step(step)
+        for layer in self.layers.values():
+            layer.keep_dense_grad = want
+
+    def maybe_update(self, step):
+        """After the optimizer step of iteration `step`. Returns the prune rate used, or None."""
+        if not self.is_update_step(step):
+            return None
+        rate = prune_rate(step, self.total_steps, self.initial_prune_rate)
+        for name, layer in self.layers.items():
+            weight = layer.weight_param
+            explored = self.exploration.sets[name]
+            source, kept, grown = update_layer(weight, rate, self.growth, explored,
+                                               getattr(layer, "dense_grad", None))
+            self.optimizer.remap(self.names[id(weight)], source)
+            explored.record_update(kept, grown)
+            layer.keep_dense_grad, layer.dense_grad = False, None
+        return rate
