@@ -126,12 +126,17 @@ def rng():
 
 
 def rng_state():
-    """The generator's state as plain data (for checkpoints; exact on NumPy)."""
-    return rng().bit_generator.state
+    """The generator's state as plain data for checkpoints, or None where the backend's generator
+    does not expose it (then a resumed run draws new random numbers: exact resume is NumPy's)."""
+    try:
+        return rng().bit_generator.state
+    except AttributeError:
+        return None
 
 
 def set_rng_state(state):
-    rng().bit_generator.state = state
+    if state is not None:
+        rng().bit_generator.state = state
 
 
 def is_sparse(matrix):

@@ -64,10 +64,14 @@ class Exploration:
         return sum(s.numel for s in self.sets.values())
 
     def rs(self):
-        """ITOP rate: explored weights / all weights of the sparse layers."""
+        """ITOP rate: explored weights / all weights of the sparse layers (1.0 for a dense model)."""
+        if not self.sets:
+            return 1.0
         return sum(s.count() for s in self.sets.values()) / self.total_numel()
 
     def rs_reliable(self):
+        if not self.sets:
+            return 1.0
         return sum(s.reliable_count() for s in self.sets.values()) / self.total_numel()
 
     def rs_per_layer(self):

@@ -1,0 +1,5 @@
+import sys
+
+from tinyitop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Command line: `python -m tinyitop train [options]` runs one experiment and draws its figures."""
+import argparse
+import sys
+
+from tinyitop.data import DATASETS, DatasetError
+from tinyitop.init import INIT_METHODS
+from tinyitop.topology import GROWTH_MODES
+from tinyitop.train import METHODS, MODEL_NAMES, Config, TrainingDiverged, train
+
+
+def _int_list(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text):
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_train_arguments(parser, defaults=Config()):
+    d = defaults
+    a = parser.add_argument
+    a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
+    a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, e.g. 1024,512 (default: 1024,512)")
+    a("--dataset", choices=DATASETS, default=d.dataset, help="data set (default: %(default)s)")
+    a("--data-dir", default=d.data_dir, help="download/cache folder (default: ~/.cache/tinyitop)")
+    a("--method", choices=METHODS, default=d.method, help="training method (default: %(default)s)")
+    a("--growth", choices=GROWTH_MODES, default=None,
+      help="growth: random/unexplored for set, gradient for rigl (default: random for set, gradient for rigl)")
+    a("--sparsity", type=float, default=d.sparsity, help="fraction of weights removed, in [0, 1) (default: %(default)s)")
+    a("--init", choices=INIT_METHODS, default=d.init, help="per-layer densities (default: %(default)s)")
+    a("--dense-layers", type=_name_list, default=d.dense_layers, help="layers kept dense, e.g. fc1,fc3 (default: none)")
+    a("--fan-in-scaling", action="store_true",
+      help="scale each neuron's init by its actual fan-in (Evci et al. 2020); use for deep, very sparse nets")
+    a("--update-interval", type=int, default=d.update_interval,
+      help="Delta T: iterations between topology updates, not scaled by --multiplier (default: %(default)s)")
+    a("--prune-rate", type=float, default=d.prune_rate, help="initial prune rate P, cosine to 0.005 (default: %(default)s)")
+    a("--stop-exploration-epoch", type=int, default=d.stop_exploration_epoch,
+      help="no topology updates after this epoch (Figure 4's 'w/o exploration'; default: never)")
+    a("--epochs", type=int, default=d.epochs, help="epochs before the multiplier (default: %(default)s)")
+    a("--multiplier", type=int, default=d.multiplier, help="extended training: epochs and LR milestones x this (default: %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    a("--lr", type=float, default=d.lr, help="initial learning rate, x0.1 at 1/2 and 3/4 of training (default: %(default)s)")
+    a("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training samples (quick runs)")
+    a("--out", default=d.out, help="output folder for metrics, checkpoint, figures (default: %(default)s)")
+    a("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    a("--no-progress", action="store_true", help="no progress bar within epochs")
+    a("--no-plots", action="store_true", help="skip the PNG figures at the end")
+
+
+def config_from_args(args):
+    return Config(model=args.model, hidden=args.hidden, dataset=args.dataset, data_dir=args.data_dir,
+                  method=args.method, growth=args.growth, sparsity=args.sparsity, init=args.init,
+                  dense_layers=args.dense_layers, fan_in_scaling=args.fan_in_scaling,
+                  update_interval=args.update_interval, prune_rate=args.prune_rate,
+                  stop_exploration_epoch=args.stop_exploration_epoch, epochs=args.epochs,
+                  multiplier=args.multiplier, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                  weight_decay=args.weight_decay, seed=args.seed, limit_train=args.limit_train, out=args.out,
+                  resume=args.resume, progress=not args.no_progress)
+
+
+def run_and_plot(config, plots=True):
+    """Train, then write OUT/training.png (and OUT/exploration.png for an MLP). Returns the Run."""
+    run = train(config)
+    if plots:
+        from tinyitop import plots as figures
+        print(f"figure: {figures.training(config.out)}")
+        if config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets:
+            path = figures.exploration(run.model, run.exploration, run.data.image_shape,
+                                       f"{config.out}/exploration.png")
+            print(f"figure: {path}")
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tinyitop",
+                                     description="In-Time Over-Parameterization with truly sparse layers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="train one model",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(train_parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        config.validate()
+        run_and_plot(config, plots=not args.no_plots)
+    except (ValueError, TrainingDiverged, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo_main(description, paper, quick, argv=None):
+    """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")
+    parser.add_argument("--dataset", choices=DATASETS, default=paper.dataset,
+                        help="data set (default: %(default)s; 'synthetic' for a smoke run)")
+    parser.add_argument("--data-dir", default=None, help="download/cache folder (default: ~/.cache/tinyitop)")
+    parser.add_argument("--out", default=paper.out, help="output folder (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
+                "data_dir": args.data_dir, "out": args.out, "resume": args.resume, "progress": not args.no_progress}
+    try:
+        run_and_plot(Config(**settings))
+    except (ValueError, TrainingDiverged, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

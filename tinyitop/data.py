@@ -1,0 +1,223 @@
+"""Data: CIFAR-10/100, Fashion-MNIST and a synthetic set; normalisation, augmentation, batches.
+
+Files are read on the host with NumPy (this is where data enters the program); each batch is
+moved to the device once, by `batches`. Downloads are verified against the published MD5 before
+anything is extracted or unpickled; a corrupt or partial file is reported and fetched again.
+"""
+import gzip
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyitop import backend as B
+
+CIFAR = {
+    "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a", classes=10,
+                    train=[f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
+                    test=["cifar-10-batches-py/test_batch"], label_key=b"labels",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010)),
+    "cifar100": dict(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                     md5="eb9058c3a382ffc7106e4002c42a8d85", classes=100,
+                     train=["cifar-100-python/train"], test=["cifar-100-python/test"], label_key=b"fine_labels",
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_FILES = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                 "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                 "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                 "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
+# Debian's dataset-fashion-mnist package (recompressed, so its .gz checksums differ from the
+# official ones: the IDX headers and sizes are checked instead).
+FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+
+
+class DatasetError(RuntimeError):
+    """A data set is missing, cannot be downloaded, or is corrupt."""
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 NCHW on the host, labels as int64, plus how to normalise them."""
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    mean: tuple
+    std: tuple
+    augment: bool
+
+    @property
+    def image_shape(self):
+        return self.train_x.shape[1:]
+
+    @property
+    def in_features(self):
+        return int(np.prod(self.image_shape))
+
+
+def default_data_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tinyitop")
+
+
+def md5sum(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url, path, md5):
+    """Make sure `path` holds the file with this MD5: reuse it, or download (twice at most)."""
+    if os.path.exists(path):
+        if md5sum(path) == md5:
+            return path
+        print(f"{path} is corrupt or incomplete (MD5 mismatch): downloading it again")
+        os.remove(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for attempt in (1, 2):
+        partial = path + ".part"
+        try:
+            print(f"downloading {url} -> {path}")
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+        except OSError as err:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise DatasetError(f"could not download {url} ({err}). Download it by hand on a machine with "
+                               f"internet access and place it at {path} (MD5 {md5}).") from err
+        if md5sum(partial) == md5:
+            os.replace(partial, path)   # only a verified file ever gets the final name
+            return path
+        os.remove(partial)
+        print(f"download of {url} has the wrong MD5 (attempt {attempt})")
+    raise DatasetError(f"{url} twice gave a file whose MD5 is not {md5}; place a good copy at {path}")
+
+
+def load_cifar(name, data_dir=None):
+    spec = CIFAR[name]
+    data_dir = data_dir or default_data_dir()
+    archive = fetch(spec["url"], os.path.join(data_dir, os.path.basename(spec["url"])), spec["md5"])
+    parts = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for split in ("train", "test"):
+                xs, ys = [], []
+                for member in spec[split]:
+                    # Safe to unpickle: the archive's MD5 matched the published one above.
+                    batch = pickle.load(tar.extractfile(member), encoding="bytes")
+                    xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                    ys.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
+                parts[split] = (np.concatenate(xs), np.concatenate(ys))
+    except (tarfile.TarError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        raise DatasetError(f"{archive} passed its checksum but could not be read: {err}") from err
+    return Dataset(name, *parts["train"], *parts["test"], spec["classes"], spec["mean"], spec["std"], augment=True)
+
+
+def read_idx(path):
+    """An IDX file (gzip or not) -> uint8 array, with its header checked."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DatasetError(f"{path} is not a readable IDX file: {err}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise DatasetError(f"{path} is truncated or corrupt: header says {dims}, "
+                           f"found {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def load_fashion_mnist(data_dir=None):
+    """From Debian's package when installed, else downloaded (and MD5-checked) into data_dir."""
+    if all(os.path.exists(os.path.join(FASHION_SYSTEM_DIR, f)) for f in FASHION_FILES):
+        paths = {f: os.path.join(FASHION_SYSTEM_DIR, f) for f in FASHION_FILES}
+    else:
+        folder = os.path.join(data_dir or default_data_dir(), "fashion-mnist")
+        paths = {f: fetch(FASHION_URL + f, os.path.join(folder, f), md5) for f, md5 in FASHION_FILES.items()}
+    arrays = {f: read_idx(p) for f, p in paths.items()}
+    train_x = arrays["train-images-idx3-ubyte.gz"][:, None]       # (60000, 1, 28, 28)
+    test_x = arrays["t10k-images-idx3-ubyte.gz"][:, None]         # (10000, 1, 28, 28)
+    train_y = arrays["train-labels-idx1-ubyte.gz"].astype(np.int64)
+    test_y = arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int64)
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or train_y.max() > 9:
+        raise DatasetError("Fashion-MNIST images and labels do not match")
+    return Dataset("fashion-mnist", train_x, train_y, test_x, test_y, 10, FASHION_MEAN, FASHION_STD, augment=False)
+
+
+def make_synthetic(num_train=2000, num_test=500, num_classes=10, image_shape=(3, 8, 8), seed=0):
+    """A learnable toy set: each class is a random prototype image plus noise, as uint8."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(40, 215, size=(num_classes,) + tuple(image_shape))
+
+    def draw(n):
+        y = rng.integers(0, num_classes, n)
+        x = prototypes[y] + rng.normal(0, 40, size=(n,) + tuple(image_shape))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+    channels = image_shape[0]
+    return Dataset("synthetic", *draw(num_train), *draw(num_test), num_classes,
+                   (0.5,) * channels, (0.25,) * channels, augment=False)
+
+
+def load(name, data_dir=None):
+    if name in CIFAR:
+        return load_cifar(name, data_dir)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir)
+    if name == "synthetic":
+        return make_synthetic()
+    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+def split_validation(x, y, fraction, seed):
+    """A fixed random `fraction` of the training set held out (no augmentation on it)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(round(fraction * len(x)))
+    return (x[order[n_val:]], y[order[n_val:]]), (x[order[:n_val]], y[order[:n_val]])
+
+
+def normalise(images, mean, std):
+    """uint8 (N, C, H, W) -> float32, (x / 255 - mean) / std per channel."""
+    mean = np.asarray(mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(std, dtype=np.float32)[None, :, None, None]
+    return (images.astype(np.float32) / np.float32(255) - mean) / std
+
+
+def augment(images, rng, pad=4):
+    """Random crop after zero-padding by `pad`, and random horizontal flip, for a whole batch."""
+    n, c, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))                 # (N, C, H+2p, W+2p)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2p+1, 2p+1, H, W)
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    crops = windows[np.arange(n), :, dy, dx]                                          # (N, C, H, W)
+    flip = rng.random(n) < 0.5
+    crops[flip] = crops[flip][..., ::-1]
+    return crops
+
+
+def batches(x, y, batch_size, mean, std, rng=None, train_augment=False):
+    """Yield (images, labels) on the device; shuffled and augmented when `rng` is given."""
+    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+    for start in range(0, len(x), batch_size):
+        index = np.sort(order[start:start + batch_size]) if rng is None else order[start:start + batch_size]
+        images = x[index]
+        if train_augment:
+            images = augment(images, rng)
+        yield B.to_device(normalise(images, mean, std)), B.to_device(y[index])

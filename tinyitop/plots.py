@@ -1,0 +1,91 @@
+"""Figures of a run (matplotlib is imported here only, so `import tinyitop` stays light).
+
+- training(): learning curves, R_s over training (per update and per epoch), prune rate.
+- exploration(): ITOP's Figure-1 idea for an MLP's input layer: per input pixel, how many
+  connections it has now and has ever had (explored set), plus per-layer active vs explored bars.
+"""
+import os
+
+import numpy as np
+
+from tinyitop import backend as B
+from tinyitop.metrics import read_jsonl
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")          # files only; no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def training(run_dir, path=None):
+    """Three panels from metrics.jsonl / updates.jsonl of `run_dir`; returns the PNG path."""
+    plt = _pyplot()
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    updates = read_jsonl(os.path.join(run_dir, "updates.jsonl"))
+    epochs = [r["epoch"] for r in rows]
+    fig, (acc_ax, rs_ax, p_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    acc_ax.plot(epochs, [r["train_acc"] for r in rows], label="train")
+    acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation")
+    acc_ax.plot(epochs, [r["test_acc"] for r in rows], label="test")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Learning curves")
+    acc_ax.legend()
+    acc_ax.grid(alpha=0.3)
+    iterations_per_epoch = rows[0]["iteration"] / rows[0]["epoch"] if rows else 1
+    if updates:
+        it = np.array([u["iteration"] for u in updates]) / iterations_per_epoch
+        rs_ax.plot(it, [u["rs"] for u in updates], ".-", ms=3, label="R_s at each update")
+        rs_ax.plot(it, [u["rs_reliable"] for u in updates], ".-", ms=3, label="reliable R_s")
+        p_ax.plot(it, [u["prune_rate"] for u in updates], ".-", ms=3)
+    rs_ax.plot(epochs, [r["rs"] for r in rows], "k--", lw=1, label="R_s at epoch end")
+    rs_ax.set(xlabel="epoch", ylabel="explored fraction of all weights", title="ITOP rate R_s")
+    rs_ax.legend()
+    rs_ax.grid(alpha=0.3)
+    p_ax.set(xlabel="epoch", ylabel="fraction of nnz pruned and regrown", title="Prune rate at each update")
+    p_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = path or os.path.join(run_dir, "training.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def exploration(model, exploration_state, image_shape, path, layer_name="fc1"):
+    """Figure-1-style picture: per input pixel, connections active now vs ever explored.
+
+    image_shape (C, H, W) of the input; the input layer's columns are pixels in C-H-W order.
+    """
+    plt = _pyplot()
+    from tinyitop.topology import sparse_layers
+    layers = sparse_layers(model)
+    if layer_name not in layers:
+        raise ValueError(f"{layer_name} is not a sparse layer of this model")
+    weight = layers[layer_name].weight_param
+    n_cols = weight.shape[1]
+    if n_cols != int(np.prod(image_shape)):
+        raise ValueError(f"{layer_name} has {n_cols} inputs, not an image of shape {image_shape}")
+    active_cols = B.to_host(weight.csr.indices)
+    explored_cols = B.to_host(exploration_state.sets[layer_name].positions) % n_cols
+    c, h, w = image_shape
+    now = np.bincount(active_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0)      # (H, W)
+    ever = np.bincount(explored_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0)   # (H, W)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, counts, title in ((axes[0], now, "connections now"), (axes[1], ever, "connections ever explored")):
+        image = ax.imshow(counts, cmap="viridis")
+        ax.set_title(f"{layer_name}: {title} per pixel")
+        ax.axis("off")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    names = list(layers)
+    active = [layers[n].weight_param.density for n in names]
+    explored = [exploration_state.sets[n].count() / exploration_state.sets[n].numel for n in names]
+    x = np.arange(len(names))
+    axes[2].bar(x - 0.2, active, 0.4, label="active (density)")
+    axes[2].bar(x + 0.2, explored, 0.4, label="explored (R_s of the layer)")
+    axes[2].set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    axes[2].set(ylabel="fraction of the layer's weights", title="Per layer: active vs explored", ylim=(0, 1.05))
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

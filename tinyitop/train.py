@@ -1,0 +1,299 @@
+"""The training loop of dynamic sparse training, as a reader would draw it:
+
+    batch -> forward -> loss -> backward -> optimizer step -> topology update every Delta T
+          -> explored sets (R_s) -> evaluation and metrics each epoch -> atomic checkpoint
+
+Methods: dense, static (fixed sparse mask), set (Mocanu et al. 2018; ITOP: Liu et al. 2021),
+rigl (Evci et al. 2020). `train(Config(...))` runs one experiment and returns its summary.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from tinyitop import backend as B
+from tinyitop import checkpoint
+from tinyitop.data import DATASETS, batches, load, split_validation
+from tinyitop.explore import Exploration
+from tinyitop.init import INIT_METHODS
+from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
+from tinyitop.metrics import JsonLines, format_epoch
+from tinyitop.models import MODELS, mlp, sparsify
+from tinyitop.optim import SGD, MultiStepLR
+from tinyitop.topology import GROWTH_MODES, TopologyUpdater, prune_rate, sparse_layers
+
+METHODS = ("dense", "static", "set", "rigl")
+MODEL_NAMES = ("mlp",) + tuple(MODELS)
+FINITE_CHECK_EVERY = 50     # iterations between host checks that the loss is still finite
+
+
+@dataclasses.dataclass
+class Run:
+    """What `train` returns: the summary, and the trained objects for plots or further use."""
+    summary: dict
+    model: object
+    exploration: Exploration
+    data: object
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Config:
+    """One experiment. Defaults are the paper's MLP settings on CIFAR-10 (Liu et al. 2021)."""
+    model: str = "mlp"
+    hidden: tuple = (1024, 512)
+    dataset: str = "cifar10"
+    data_dir: str = None
+    method: str = "set"
+    growth: str = None              # None: random for set, gradient for rigl
+    sparsity: float = 0.95
+    init: str = "erk"
+    dense_layers: tuple = ()
+    fan_in_scaling: bool = False
+    update_interval: int = 1500     # Delta T, in iterations; not scaled by the multiplier
+    prune_rate: float = 0.5         # initial prune rate P of the cosine schedule
+    stop_exploration_epoch: int = None
+    epochs: int = 200
+    multiplier: int = 1             # extended training: epochs and LR milestones x multiplier
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    limit_train: int = None
+    val_fraction: float = 0.1
+    out: str = "runs/default"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.dense_layers = tuple(self.dense_layers)
+        if self.growth is None and self.method in ("set", "rigl"):
+            self.growth = "gradient" if self.method == "rigl" else "random"
+
+    @property
+    def total_epochs(self):
+        return self.epochs * self.multiplier
+
+    def validate(self):
+        """Reject bad options before any work, saying why."""
+        problems = []
+        if self.model not in MODEL_NAMES:
+            problems.append(f"unknown model {self.model!r} (choose from {', '.join(MODEL_NAMES)})")
+        if self.dataset not in DATASETS:
+            problems.append(f"unknown dataset {self.dataset!r} (choose from {', '.join(DATASETS)})")
+        if self.method not in METHODS:
+            problems.append(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.init not in INIT_METHODS:
+            problems.append(f"unknown init {self.init!r} (choose from {', '.join(INIT_METHODS)})")
+        if not 0 <= self.sparsity < 1:
+            problems.append(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.method in ("static", "set", "rigl") and self.sparsity == 0:
+            problems.append(f"method {self.method!r} needs sparsity > 0 (use --method dense)")
+        if self.growth is not None:
+            if self.growth not in GROWTH_MODES:
+                problems.append(f"unknown growth {self.growth!r} (choose from {', '.join(GROWTH_MODES)})")
+            elif self.method in ("dense", "static"):
+                problems.append(f"method {self.method!r} does not grow connections; drop --growth")
+            elif self.method == "set" and self.growth == "gradient":
+                problems.append("method 'set' grows by 'random' or 'unexplored'; gradient growth is --method rigl")
+            elif self.method == "rigl" and self.growth != "gradient":
+                problems.append("method 'rigl' grows by 'gradient'")
+        if self.update_interval < 1:
+            problems.append(f"update interval must be >= 1 iteration, got {self.update_interval}")
+        if not 0 < self.prune_rate < 1:
+            problems.append(f"prune rate must be in (0, 1), got {self.prune_rate}")
+        for name in ("epochs", "multiplier", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            problems.append("need lr > 0, weight decay >= 0 and momentum in [0, 1)")
+        if self.limit_train is not None and self.limit_train < 2:
+            problems.append(f"limit_train must be >= 2, got {self.limit_train}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.model == "mlp" and not self.hidden:
+            problems.append("mlp needs at least one hidden layer size")
+        if problems:
+            raise ValueError("bad options:\n  - " + "\n  - ".join(problems))
+
+    def to_json(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# Settings that must match for --resume to continue the same experiment.
+RESUME_KEYS = ("model", "hidden", "dataset", "method", "growth", "sparsity", "init", "dense_layers",
+               "update_interval", "prune_rate", "epochs", "multiplier", "batch_size", "lr", "seed",
+               "limit_train", "stop_exploration_epoch", "fan_in_scaling")
+
+
+def build_model(config, data):
+    """The network for this config and data set, sparse unless the method is dense."""
+    sparsity = None if config.method == "dense" else config.sparsity
+    if config.model == "mlp":
+        return mlp(data.in_features, config.hidden, data.num_classes, sparsity, config.init,
+                   config.dense_layers, config.fan_in_scaling)
+    if tuple(data.image_shape) != (3, 32, 32):
+        raise ValueError(f"{config.model} expects 3x32x32 images; {data.name} has {tuple(data.image_shape)}")
+    model = MODELS[config.model](data.num_classes)
+    if sparsity is not None:
+        sparsify(model, sparsity, config.init, config.dense_layers, config.fan_in_scaling)
+    return model
+
+
+def evaluate(model, x, y, data, batch_size):
+    """Mean loss and accuracy on (x, y) in eval mode; one host sync at the end."""
+    if len(x) == 0:
+        return None, None
+    model.eval()
+    loss_fn = SoftmaxCrossEntropy()
+    loss_sum, correct = 0.0, 0
+    for images, labels in batches(x, y, batch_size, data.mean, data.std):
+        logits = model.forward(images)
+        loss_sum = loss_sum + loss_fn.forward(logits, labels) * labels.shape[0]
+        correct = correct + accuracy_count(logits, labels)
+    model.train()
+    return B.scalar(loss_sum) / len(x), B.scalar(correct) / len(x)   # sync point
+
+
+def layer_stats(model, exploration):
+    """Per sparse layer: nnz, density, R_s and reliable R_s (plain numbers for the logs)."""
+    layers = sparse_layers(model)
+    return {"nnz_per_layer": {n: layer.weight_param.nnz for n, layer in layers.items()},
+            "density_per_layer": {n: layer.weight_param.density for n, layer in layers.items()},
+            "rs_per_layer": exploration.rs_per_layer(),
+            "rs_reliable_per_layer": exploration.rs_reliable_per_layer()}
+
+
+def _progress(iterable, total, enabled, description):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=description, leave=False, unit="batch")
+
+
+def train(config, log=print, on_epoch_end=None):
+    """Run one experiment; returns a Run (its summary is also written to OUT/summary.json)."""
+    config.validate()
+    os.makedirs(config.out, exist_ok=True)
+    B.seed(config.seed)
+    data = load(config.dataset, config.data_dir)
+    (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, config.val_fraction,
+                                                          config.seed)
+    if config.limit_train is not None:
+        train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
+    model = build_model(config, data)
+    optimizer = SGD(model.named_parameters(), lr=config.lr, momentum=config.momentum,
+                    nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    exploration = Exploration(sparse_layers(model))
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    total_steps = steps_per_epoch * config.total_epochs
+    stop_step = None if config.stop_exploration_epoch is None else config.stop_exploration_epoch * steps_per_epoch
+    updater = TopologyUpdater(model, optimizer, exploration, method=config.method, growth=config.growth,
+                              update_interval=config.update_interval, initial_prune_rate=config.prune_rate,
+                              total_steps=total_steps, stop_exploration_step=stop_step)
+    lr_at = MultiStepLR(config.lr, config.total_epochs)
+    data_rng = np.random.default_rng(config.seed)
+    metrics, updates = JsonLines(os.path.join(config.out, "metrics.jsonl")), JsonLines(
+        os.path.join(config.out, "updates.jsonl"))
+    ckpt_path = os.path.join(config.out, "checkpoint.npz")
+
+    state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None}
+    if config.resume and os.path.exists(ckpt_path):
+        meta = checkpoint.load(ckpt_path, model, optimizer, exploration)
+        saved = meta["config"]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != config.to_json().get(k)]
+        if changed:
+            raise ValueError(f"--resume: {ckpt_path} was made with other settings: {', '.join(changed)}")
+        state = meta["state"]
+        B.set_rng_state(meta["backend_rng"])
+        data_rng.bit_generator.state = meta["data_rng"]
+        metrics.truncate(lambda row: row["epoch"] <= state["epoch"])
+        updates.truncate(lambda row: row["iteration"] <= state["step"])
+        log(f"resumed from {ckpt_path} after epoch {state['epoch']} (iteration {state['step']})")
+    elif config.resume:
+        log(f"--resume: no checkpoint in {config.out}, starting from scratch")
+        metrics.truncate(lambda row: False)
+        updates.truncate(lambda row: False)
+    else:
+        metrics.truncate(lambda row: False)
+        updates.truncate(lambda row: False)
+
+    log(B.describe())
+    log(f"{config.model} on {data.name}: {len(train_x)} train / {len(val_x)} val / {len(data.test_x)} test, "
+        f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
+        f"R_s at start {exploration.rs():.4f}")
+
+    loss_fn = SoftmaxCrossEntropy()
+    step = state["step"]
+    for epoch in range(state["epoch"], config.total_epochs):
+        optimizer.lr = lr_at(epoch)
+        started = time.perf_counter()
+        loss_sum, correct = 0.0, 0     # device accumulators
+        last_rate = None
+        batch_iter = batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng, data.augment)
+        for images, labels in _progress(batch_iter, steps_per_epoch, config.progress, f"epoch {epoch + 1}"):
+            step += 1
+            updater.prepare(step)
+            logits = model.forward(images)                          # forward
+            loss = loss_fn.forward(logits, labels)                  # loss
+            model.backward(loss_fn.backward())                      # backward
+            optimizer.step()                                        # optimizer step
+            rate = updater.maybe_update(step)                       # topology update every Delta T
+            if rate is not None:                                    # explored sets grew: log R_s
+                last_rate = rate
+                updates.append({"iteration": step, "epoch": epoch + 1, "prune_rate": rate,
+                                "rs": exploration.rs(), "rs_reliable": exploration.rs_reliable(),
+                                "rs_per_layer": exploration.rs_per_layer()})
+            loss_sum = loss_sum + loss * labels.shape[0]
+            correct = correct + accuracy_count(logits, labels)
+            if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(B.scalar(loss_sum)):   # sync point
+                raise TrainingDiverged(f"loss became {B.scalar(loss_sum)} at iteration {step} (epoch {epoch + 1}); "
+                                       f"lower --lr. The last good checkpoint is {ckpt_path}")
+        train_loss = B.scalar(loss_sum) / len(train_x)             # sync point: once per epoch
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; lower --lr. "
+                                   f"The last good checkpoint is {ckpt_path}")
+        train_acc = B.scalar(correct) / len(train_x)
+        val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, config.batch_size)
+        seconds = time.perf_counter() - started
+        if val_acc > state["best_val_acc"]:
+            state.update(best_val_acc=val_acc, best_epoch=epoch + 1, best_test_acc=test_acc)
+        row = {"epoch": epoch + 1, "iteration": step, "lr": optimizer.lr,
+               "prune_rate": last_rate if last_rate is not None else (
+                   prune_rate(step, total_steps, config.prune_rate) if config.method in ("set", "rigl") else 0.0),
+               "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+               "test_loss": test_loss, "test_acc": test_acc, "rs": exploration.rs(),
+               "rs_reliable": exploration.rs_reliable(), **layer_stats(model, exploration),
+               "seconds": seconds, "samples_per_s": len(train_x) / seconds}
+        metrics.append(row)
+        log(format_epoch(row))
+        state.update(epoch=epoch + 1, step=step)
+        checkpoint.save(ckpt_path, model, optimizer, exploration,
+                        {"config": config.to_json(), "state": state, "backend_rng": B.rng_state(),
+                         "data_rng": data_rng.bit_generator.state})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+
+    rows = metrics.read()
+    summary = {"best_epoch": state["best_epoch"], "best_val_acc": state["best_val_acc"],
+               "test_acc_at_best_val": state["best_test_acc"], "last_test_acc": rows[-1]["test_acc"],
+               "final_rs": rows[-1]["rs"], "final_rs_reliable": rows[-1]["rs_reliable"],
+               "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
+    with open(os.path.join(config.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
+        f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
+        f"final R_s {summary['final_rs']:.4f}")
+    return Run(summary, model, exploration, data)
