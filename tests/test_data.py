@@ -1,0 +1,144 @@
+"""Loaders on small files written in the official formats; offline and corrupt paths; augmentation."""
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.error
+
+import numpy as np
+import pytest
+
+from tinyitop import data
+
+
+def _cifar10_archive(path, n_per_batch=4):
+    """A tiny cifar-10-python.tar.gz in the official layout (pickled dicts of uint8 rows)."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for member in data.CIFAR["cifar10"]["train"] + data.CIFAR["cifar10"]["test"]:
+            batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                     b"labels": list(rng.integers(0, 10, n_per_batch))}
+            raw = pickle.dumps(batch)
+            info = tarfile.TarInfo(member)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+
+
+def test_cifar10_official_format_is_read(tmp_path, monkeypatch, offline):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    md5 = _cifar10_archive(archive)
+    monkeypatch.setitem(data.CIFAR["cifar10"], "md5", md5)
+    ds = data.load("cifar10", str(tmp_path))
+    assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (4, 3, 32, 32)
+    assert ds.train_x.dtype == np.uint8 and ds.train_y.dtype == np.int64 and ds.num_classes == 10
+    assert ds.augment and ds.mean == (0.4914, 0.4822, 0.4465)
+
+
+def test_offline_error_names_url_and_destination(tmp_path, offline):
+    with pytest.raises(data.DatasetError) as err:
+        data.load("cifar100", str(tmp_path))
+    message = str(err.value)
+    assert "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in message
+    assert str(tmp_path / "cifar-100-python.tar.gz") in message and "eb9058c3a382ffc7106e4002c42a8d85" in message
+
+
+def test_corrupt_archive_is_detected_and_fetched_again(tmp_path, monkeypatch, capsys):
+    good = tmp_path / "good.tar.gz"
+    md5 = _cifar10_archive(good)
+    monkeypatch.setitem(data.CIFAR["cifar10"], "md5", md5)
+    target = tmp_path / "cifar-10-python.tar.gz"
+    target.write_bytes(good.read_bytes()[:100])        # a partial download
+    served = []
+
+    def serve(url, timeout):
+        served.append(url)
+        return io.BytesIO(good.read_bytes())
+    monkeypatch.setattr(data.urllib.request, "urlopen", serve)
+    ds = data.load("cifar10", str(tmp_path))
+    assert served == [data.CIFAR["cifar10"]["url"]] and len(ds.train_x) == 20
+    assert "corrupt or incomplete" in capsys.readouterr().out
+
+
+def test_corrupt_archive_without_network_is_an_error_not_a_load(tmp_path, monkeypatch, offline):
+    good = tmp_path / "good.tar.gz"
+    monkeypatch.setitem(data.CIFAR["cifar10"], "md5", _cifar10_archive(good))
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(data.DatasetError, match="could not download"):
+        data.load("cifar10", str(tmp_path))
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()      # the bad file was not kept
+
+
+def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"garbage"))
+    with pytest.raises(data.DatasetError, match="MD5"):
+        data.fetch("https://example.invalid/file", str(tmp_path / "file"), "0" * 32)
+    assert os.listdir(tmp_path) == []
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_reader_and_its_errors(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
+    _write_idx(tmp_path / "ok.gz", images)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "ok.gz")), images)
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (5, 28, 28)) + b"\0" * 100)
+    with pytest.raises(data.DatasetError, match="truncated"):
+        data.read_idx(str(tmp_path / "short.gz"))
+    (tmp_path / "bad.gz").write_bytes(b"plain text, not gzip")
+    with pytest.raises(data.DatasetError):
+        data.read_idx(str(tmp_path / "bad.gz"))
+
+
+@pytest.mark.skipif(not os.path.exists(data.FASHION_SYSTEM_DIR), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_debian():
+    ds = data.load("fashion-mnist")
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(ds.train_y).tolist() == [6000] * 10
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        data.load("mnist")
+
+
+def test_augment_crops_and_flips_within_the_padded_image():
+    rng = np.random.default_rng(0)
+    images = np.arange(2 * 1 * 5 * 5, dtype=np.uint8).reshape(2, 1, 5, 5) + 1
+    for _ in range(20):
+        out = data.augment(images, rng, pad=2)
+        assert out.shape == images.shape and out.dtype == np.uint8
+        for i in range(2):
+            padded = np.pad(images[i, 0], 2)
+            windows = [padded[y:y + 5, x:x + 5] for y in range(5) for x in range(5)]
+            assert any(np.array_equal(out[i, 0], w) or np.array_equal(out[i, 0], w[:, ::-1]) for w in windows)
+
+
+def test_normalise_and_batches_move_to_device_once():
+    x = np.full((5, 3, 2, 2), 255, dtype=np.uint8)
+    y = np.arange(5)
+    out = data.normalise(x, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert out.dtype == np.float32 and np.allclose(out, 2.0)
+    got = list(data.batches(x, y, 2, (0.5,) * 3, (0.25,) * 3))
+    assert [len(b[1]) for b in got] == [2, 2, 1] and np.concatenate([b[1] for b in got]).tolist() == y.tolist()
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    x, y = np.arange(100)[:, None], np.arange(100)
+    (tx, ty), (vx, vy) = data.split_validation(x, y, 0.1, seed=3)
+    assert len(vy) == 10 and len(ty) == 90 and not set(vy) & set(ty)
+    assert data.split_validation(x, y, 0.1, seed=3)[1][1].tolist() == vy.tolist()
