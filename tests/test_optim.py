@@ -43,6 +43,20 @@ def test_multistep_schedule():
                                                                    0.1 * 0.1 ** 2, 0.1 * 0.1 ** 2]
 
 
+def test_short_runs_start_at_the_base_rate():
+    assert MultiStepLR(0.1, total_epochs=1)(0) == 0.1
+    two = MultiStepLR(0.1, total_epochs=2)
+    assert two(0) == 0.1 and two(1) == 0.1 * 0.1     # milestones at epochs 1 and 2
+
+
+def test_reset_zeroes_chosen_entries():
+    p = Parameter(np.zeros((2, 3)))
+    opt = SGD([("w", p)], lr=0.1)
+    opt.velocity["w"] = np.arange(6.0).reshape(2, 3)
+    opt.reset("w", np.array([1, 5]))
+    np.testing.assert_array_equal(opt.velocity["w"], [[0, 0, 2], [3, 4, 0]])
+
+
 def test_cosine_schedule():
     lr = CosineLR(0.1, 10)
     assert np.isclose(lr(0), 0.1) and np.isclose(lr(5), 0.05) and np.isclose(lr(10), 0.0)

@@ -202,3 +202,20 @@ def test_stop_exploration_freezes_rs():
         if step == 20:
             frozen = exploration.rs()
     assert exploration.rs() == frozen
+
+
+def test_sparsify_keeps_named_layers_dense_and_out_of_rs():
+    from tinyitop import resnet18, sparsify
+    from tinyitop.layers import Conv2d, Linear
+    from tinyitop.sparse import SparseConv2d
+    model = sparsify(resnet18(), 0.9, "erk", dense_layers=("conv1", "linear"))
+    assert type(model.conv1) is Conv2d and type(model.linear) is Linear
+    assert isinstance(getattr(model.layer1, "0").branch.conv1, SparseConv2d)
+    layers = sparse_layers(model)
+    assert "conv1" not in layers and "linear" not in layers and "layer4.1.conv2" in layers
+    total = sum(l.weight_param.numel for l in layers.values())
+    nnz = sum(l.weight_param.nnz for l in layers.values())
+    assert nnz / total == pytest.approx(0.1, abs=1e-4)       # the budget is over the sparse layers only
+    assert Exploration(layers).rs() == pytest.approx(0.1, abs=1e-4)
+    with pytest.raises(ValueError, match="names no layer"):
+        sparsify(resnet18(), 0.9, dense_layers=("fc9",))

@@ -176,13 +176,15 @@ def make_synthetic(num_train=2000, num_test=500, num_classes=10, image_shape=(3,
                    (0.5,) * channels, (0.25,) * channels, augment=False)
 
 
-def load(name, data_dir=None):
+def load(name, data_dir=None, synthetic_shape=(3, 8, 8)):
+    """A Dataset by name; `synthetic_shape` sets the image shape of the synthetic set (e.g. 3x32x32
+    for the convolutional models)."""
     if name in CIFAR:
         return load_cifar(name, data_dir)
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir)
     if name == "synthetic":
-        return make_synthetic()
+        return make_synthetic(image_shape=synthetic_shape)
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 

@@ -51,7 +51,8 @@ class MultiStepLR:
 
     def __init__(self, base_lr, total_epochs, milestones=(0.5, 0.75), gamma=0.1):
         self.base_lr, self.gamma = base_lr, gamma
-        self.milestone_epochs = [int(round(f * total_epochs)) for f in milestones]
+        # At least epoch 1: a one-epoch run must not start at the reduced rate.
+        self.milestone_epochs = [max(1, int(round(f * total_epochs))) for f in milestones]
 
     def __call__(self, epoch):
         passed = sum(epoch >= e for e in self.milestone_epochs)

@@ -187,7 +187,7 @@ def train(config, log=print, on_epoch_end=None):
     config.validate()
     os.makedirs(config.out, exist_ok=True)
     B.seed(config.seed)
-    data = load(config.dataset, config.data_dir)
+    data = load(config.dataset, config.data_dir, synthetic_shape=(3, 8, 8) if config.model == "mlp" else (3, 32, 32))
     (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, config.val_fraction,
                                                           config.seed)
     if config.limit_train is not None:
