@@ -5,7 +5,7 @@ import pytest
 from gradcheck import check_layer
 from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
-from tinyitop.layers import Conv2d, Linear, Parameter
+from tinyitop.layers import Conv2d, Parameter
 from tinyitop.sparse import GATHER_MAX_DENSITY, SparseConv2d, SparseLinear, SparseWeight, csr_from_flat, sddmm
 
 

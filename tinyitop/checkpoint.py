@@ -60,3 +60,20 @@ def load(path, model, optimizer, exploration):
                 explored.reliable = B.to_device(archive[f"explored/{name}/reliable"])
                 explored.pending = B.to_device(archive[f"explored/{name}/pending"])
         return json.loads(str(archive["meta"]))
+
+
+def save_parameters(path, model):
+    """Dense parameter values only (LTH keeps a model's initial weights to rewind to)."""
+    arrays = {name: B.to_host(param.data) for name, param in model.named_parameters()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_parameters(path, model):
+    with np.load(path, allow_pickle=False) as archive:
+        for name, param in model.named_parameters():
+            param.data = B.to_device(archive[name])

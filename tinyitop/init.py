@@ -23,7 +23,7 @@ def layer_densities(shapes, density, method="erk"):
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
-    if method == "uniform":
+    if method == "uniform" or density == 1:
         return {name: density for name in shapes}
     if method == "er":
         raw = {name: (shape[0] + shape[1]) / (shape[0] * shape[1]) for name, shape in shapes.items()}

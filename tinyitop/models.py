@@ -3,6 +3,8 @@
 Shapes and parameter names follow the PyTorch reference models; `sparsify` turns any of them
 into its truly sparse twin (CSR weights) with per-layer densities from `tinyitop.init`.
 """
+import math
+
 from tinyitop.blocks import BasicBlock, Bottleneck
 from tinyitop.init import layer_densities
 from tinyitop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d,
@@ -105,12 +107,14 @@ def _owners(module):
             yield from _owners(value)
 
 
-def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False):
+def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False, masks=None):
     """Swap every Linear/Conv2d not named in `dense_layers` for its truly sparse twin, in place.
 
     Densities per layer come from `init` (uniform / er / erk) for the global `sparsity`; weights are
     drawn afresh from the same distribution as the dense layer's (PyTorch default), at exact
     positions. Layers in `dense_layers` (e.g. ["conv1", "linear"]) stay dense and out of R_s.
+    With `masks` ({name: sorted flat positions}, e.g. from SNIP or LTH) those positions are kept
+    instead, with the dense layer's current values (this is how LTH rewinds).
     """
     check_sparsity(sparsity)
     names = {id(m): name for name, m in model.named_modules()}
@@ -120,7 +124,10 @@ def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False)
     if unknown:
         raise ValueError(f"dense_layers names no layer of this model: {sorted(unknown)}")
     shapes = {names[id(child)]: tuple(child.weight.shape) for _, _, child in targets}   # conv: (O, C, KH, KW)
-    densities = layer_densities(shapes, 1 - sparsity, init)
+    if masks is None:
+        densities = layer_densities(shapes, 1 - sparsity, init)
+    else:
+        densities = {name: max(int(masks[name].size), 1) / math.prod(shape) for name, shape in shapes.items()}
     for owner, key, child in targets:
         density = densities[names[id(child)]]
         has_bias = child.bias is not None
@@ -131,6 +138,9 @@ def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False)
             new = SparseLinear(child.in_features, child.out_features, density, bias=has_bias,
                                fan_in_scaling=fan_in_scaling)
         new.astype(child.dtype())
+        if masks is not None:
+            positions = masks[names[id(child)]]
+            new.weight_param.set_topology(positions, child.weight.data.reshape(-1)[positions])
         setattr(owner, key, new)
     return model
 

@@ -9,7 +9,7 @@ momentum start at zero; the prune rate p follows a cosine from P down to 0.005 o
 import math
 
 from tinyitop import backend as B
-from tinyitop.init import contains, sample_positions
+from tinyitop.init import sample_positions
 from tinyitop.sparse import SPARSE_TYPES
 
 GROWTH_MODES = ("random", "gradient", "unexplored")

@@ -4,7 +4,8 @@
           -> explored sets (R_s) -> evaluation and metrics each epoch -> atomic checkpoint
 
 Methods: dense, static (fixed sparse mask), set (Mocanu et al. 2018; ITOP: Liu et al. 2021),
-rigl (Evci et al. 2020). `train(Config(...))` runs one experiment and returns its summary.
+rigl (Evci et al. 2020), and the baselines of `baselines.py`: gmp, snip, snip-set, lth, lth-set.
+`train(Config(...))` runs one experiment and returns its summary.
 """
 import dataclasses
 import json
@@ -16,8 +17,10 @@ import numpy as np
 
 from tinyitop import backend as B
 from tinyitop import checkpoint
+from tinyitop.baselines import GradualPruner, magnitude_masks, snip_masks
 from tinyitop.data import DATASETS, batches, load, split_validation
 from tinyitop.explore import Exploration
+from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
 from tinyitop.metrics import JsonLines, format_epoch
@@ -25,7 +28,11 @@ from tinyitop.models import MODELS, mlp, sparsify
 from tinyitop.optim import SGD, MultiStepLR
 from tinyitop.topology import GROWTH_MODES, TopologyUpdater, prune_rate, sparse_layers
 
-METHODS = ("dense", "static", "set", "rigl")
+METHODS = ("dense", "static", "set", "rigl", "gmp", "snip", "snip-set", "lth", "lth-set")
+# Methods that change the topology during training, and the rule they explore by.
+EXPLORING = {"set": "set", "rigl": "rigl", "snip-set": "set", "lth-set": "set"}
+# GMP prunes from 10% to 60% of training, then fine-tunes (a common choice after Zhu & Gupta 2017).
+GMP_START, GMP_END = 0.1, 0.6
 MODEL_NAMES = ("mlp",) + tuple(MODELS)
 FINITE_CHECK_EVERY = 50     # iterations between host checks that the loss is still finite
 
@@ -75,7 +82,7 @@ class Config:
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
         self.dense_layers = tuple(self.dense_layers)
-        if self.growth is None and self.method in ("set", "rigl"):
+        if self.growth is None and self.method in EXPLORING:
             self.growth = "gradient" if self.method == "rigl" else "random"
 
     @property
@@ -95,15 +102,16 @@ class Config:
             problems.append(f"unknown init {self.init!r} (choose from {', '.join(INIT_METHODS)})")
         if not 0 <= self.sparsity < 1:
             problems.append(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.method in ("static", "set", "rigl") and self.sparsity == 0:
+        if self.method != "dense" and self.method in METHODS and self.sparsity == 0:
             problems.append(f"method {self.method!r} needs sparsity > 0 (use --method dense)")
         if self.growth is not None:
             if self.growth not in GROWTH_MODES:
                 problems.append(f"unknown growth {self.growth!r} (choose from {', '.join(GROWTH_MODES)})")
-            elif self.method in ("dense", "static"):
+            elif self.method not in EXPLORING:
                 problems.append(f"method {self.method!r} does not grow connections; drop --growth")
-            elif self.method == "set" and self.growth == "gradient":
-                problems.append("method 'set' grows by 'random' or 'unexplored'; gradient growth is --method rigl")
+            elif self.method != "rigl" and self.growth == "gradient":
+                problems.append(f"method {self.method!r} grows by 'random' or 'unexplored'; "
+                                "gradient growth is --method rigl")
             elif self.method == "rigl" and self.growth != "gradient":
                 problems.append("method 'rigl' grows by 'gradient'")
         if self.update_interval < 1:
@@ -134,18 +142,52 @@ RESUME_KEYS = ("model", "hidden", "dataset", "method", "growth", "sparsity", "in
                "limit_train", "stop_exploration_epoch", "fan_in_scaling")
 
 
-def build_model(config, data):
-    """The network for this config and data set, sparse unless the method is dense."""
-    sparsity = None if config.method == "dense" else config.sparsity
+def _dense_model(config, data):
     if config.model == "mlp":
-        return mlp(data.in_features, config.hidden, data.num_classes, sparsity, config.init,
-                   config.dense_layers, config.fan_in_scaling)
+        return mlp(data.in_features, config.hidden, data.num_classes)
     if tuple(data.image_shape) != (3, 32, 32):
         raise ValueError(f"{config.model} expects 3x32x32 images; {data.name} has {tuple(data.image_shape)}")
-    model = MODELS[config.model](data.num_classes)
-    if sparsity is not None:
-        sparsify(model, sparsity, config.init, config.dense_layers, config.fan_in_scaling)
-    return model
+    return MODELS[config.model](data.num_classes)
+
+
+def _lottery_ticket(config, data, log):
+    """LTH: train the dense twin (or reuse a finished one), keep its largest |w| globally, rewind."""
+    dense_dir = os.path.join(config.out, "dense")
+    dense_config = dataclasses.replace(config, method="dense", growth=None, out=dense_dir,
+                                       resume=os.path.exists(os.path.join(dense_dir, "checkpoint.npz")))
+    if not os.path.exists(os.path.join(dense_dir, "summary.json")):
+        log(f"LTH step 1: training the dense network in {dense_dir}")
+        train(dense_config, log)
+    trained = _dense_model(config, data)
+    checkpoint.load(os.path.join(dense_dir, "checkpoint.npz"), trained, SGD(trained.named_parameters()), None)
+    masks = magnitude_masks(trained, 1 - config.sparsity, config.dense_layers)
+    B.seed(config.seed)
+    model = _dense_model(config, data)
+    checkpoint.load_parameters(os.path.join(dense_dir, "init.npz"), model)     # rewind to initialisation
+    log(f"LTH step 2: retraining the ticket from the initial weights of {dense_dir}")
+    return sparsify(model, config.sparsity, dense_layers=config.dense_layers, masks=masks)
+
+
+def build_model(config, data, train_x=None, train_y=None, log=print):
+    """The network for this config and data set: dense, sparse from scratch, or pruned by a baseline."""
+    if config.method == "dense":
+        return _dense_model(config, data)
+    if config.method in ("static", "set", "rigl"):
+        if config.model == "mlp":
+            return mlp(data.in_features, config.hidden, data.num_classes, config.sparsity, config.init,
+                       config.dense_layers, config.fan_in_scaling)
+        return sparsify(_dense_model(config, data), config.sparsity, config.init, config.dense_layers,
+                        config.fan_in_scaling)
+    if config.method == "gmp":     # starts dense (CSR at density 1), pruned during training
+        return sparsify(_dense_model(config, data), 0.0, "uniform", config.dense_layers)
+    if config.method in ("snip", "snip-set"):
+        model = _dense_model(config, data)
+        pick = np.random.default_rng(config.seed).choice(len(train_x), min(config.batch_size, len(train_x)),
+                                                         replace=False)
+        images, labels = next(batches(train_x[pick], train_y[pick], len(pick), data.mean, data.std))
+        masks = snip_masks(model, images, labels, 1 - config.sparsity, config.dense_layers)
+        return sparsify(model, config.sparsity, dense_layers=config.dense_layers, masks=masks)
+    return _lottery_ticket(config, data, log)
 
 
 def evaluate(model, x, y, data, batch_size):
@@ -192,24 +234,35 @@ def train(config, log=print, on_epoch_end=None):
                                                           config.seed)
     if config.limit_train is not None:
         train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
-    model = build_model(config, data)
+    resuming = config.resume and os.path.exists(os.path.join(config.out, "checkpoint.npz"))
+    model = build_model(config, data, train_x, train_y, log)
+    if config.method == "dense" and not resuming:
+        checkpoint.save_parameters(os.path.join(config.out, "init.npz"), model)   # for LTH's rewind
+    B.seed(config.seed + 1)   # growth draws do not depend on how many draws building the model took
     optimizer = SGD(model.named_parameters(), lr=config.lr, momentum=config.momentum,
                     nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     exploration = Exploration(sparse_layers(model))
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     total_steps = steps_per_epoch * config.total_epochs
     stop_step = None if config.stop_exploration_epoch is None else config.stop_exploration_epoch * steps_per_epoch
-    updater = TopologyUpdater(model, optimizer, exploration, method=config.method, growth=config.growth,
-                              update_interval=config.update_interval, initial_prune_rate=config.prune_rate,
-                              total_steps=total_steps, stop_exploration_step=stop_step)
+    updater = TopologyUpdater(model, optimizer, exploration, method=EXPLORING.get(config.method, "static"),
+                              growth=config.growth, update_interval=config.update_interval,
+                              initial_prune_rate=config.prune_rate, total_steps=total_steps,
+                              stop_exploration_step=stop_step)
+    pruner = None
+    if config.method == "gmp":
+        pruner = GradualPruner(model, optimizer, config.sparsity, config.init, int(GMP_START * total_steps),
+                               int(GMP_END * total_steps), config.update_interval)
+    flops = FlopCounter(model, data.image_shape)
     lr_at = MultiStepLR(config.lr, config.total_epochs)
     data_rng = np.random.default_rng(config.seed)
     metrics, updates = JsonLines(os.path.join(config.out, "metrics.jsonl")), JsonLines(
         os.path.join(config.out, "updates.jsonl"))
     ckpt_path = os.path.join(config.out, "checkpoint.npz")
 
-    state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None}
-    if config.resume and os.path.exists(ckpt_path):
+    state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None,
+             "train_flops": 0.0, "dense_train_flops": 0.0}
+    if resuming:
         meta = checkpoint.load(ckpt_path, model, optimizer, exploration)
         saved = meta["config"]
         changed = [k for k in RESUME_KEYS if saved.get(k) != config.to_json().get(k)]
@@ -217,6 +270,8 @@ def train(config, log=print, on_epoch_end=None):
             raise ValueError(f"--resume: {ckpt_path} was made with other settings: {', '.join(changed)}")
         state = meta["state"]
         B.set_rng_state(meta["backend_rng"])
+        flops.refresh()
+        flops.train_flops, flops.dense_train_flops = state["train_flops"], state["dense_train_flops"]
         data_rng.bit_generator.state = meta["data_rng"]
         metrics.truncate(lambda row: row["epoch"] <= state["epoch"])
         updates.truncate(lambda row: row["iteration"] <= state["step"])
@@ -249,9 +304,13 @@ def train(config, log=print, on_epoch_end=None):
             loss = loss_fn.forward(logits, labels)                  # loss
             model.backward(loss_fn.backward())                      # backward
             optimizer.step()                                        # optimizer step
+            flops.step(labels.shape[0], [n for n, l in updater.layers.items() if l.keep_dense_grad])
             rate = updater.maybe_update(step)                       # topology update every Delta T
+            if pruner is not None and pruner.maybe_prune(step):     # GMP: remove weights, never grow
+                flops.refresh()
             if rate is not None:                                    # explored sets grew: log R_s
                 last_rate = rate
+                flops.refresh()
                 updates.append({"iteration": step, "epoch": epoch + 1, "prune_rate": rate,
                                 "rs": exploration.rs(), "rs_reliable": exploration.rs_reliable(),
                                 "rs_per_layer": exploration.rs_per_layer()})
@@ -272,14 +331,16 @@ def train(config, log=print, on_epoch_end=None):
             state.update(best_val_acc=val_acc, best_epoch=epoch + 1, best_test_acc=test_acc)
         row = {"epoch": epoch + 1, "iteration": step, "lr": optimizer.lr,
                "prune_rate": last_rate if last_rate is not None else (
-                   prune_rate(step, total_steps, config.prune_rate) if config.method in ("set", "rigl") else 0.0),
+                   prune_rate(step, total_steps, config.prune_rate) if config.method in EXPLORING else 0.0),
                "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                "test_loss": test_loss, "test_acc": test_acc, "rs": exploration.rs(),
+               "train_flops_rel": flops.train_relative(), "test_flops_rel": flops.test_relative(),
                "rs_reliable": exploration.rs_reliable(), **layer_stats(model, exploration),
                "seconds": seconds, "samples_per_s": len(train_x) / seconds}
         metrics.append(row)
         log(format_epoch(row))
-        state.update(epoch=epoch + 1, step=step)
+        state.update(epoch=epoch + 1, step=step, train_flops=flops.train_flops,
+                     dense_train_flops=flops.dense_train_flops)
         checkpoint.save(ckpt_path, model, optimizer, exploration,
                         {"config": config.to_json(), "state": state, "backend_rng": B.rng_state(),
                          "data_rng": data_rng.bit_generator.state})
@@ -290,6 +351,10 @@ def train(config, log=print, on_epoch_end=None):
     summary = {"best_epoch": state["best_epoch"], "best_val_acc": state["best_val_acc"],
                "test_acc_at_best_val": state["best_test_acc"], "last_test_acc": rows[-1]["test_acc"],
                "final_rs": rows[-1]["rs"], "final_rs_reliable": rows[-1]["rs_reliable"],
+               "final_train_acc": rows[-1]["train_acc"],
+               # LTH also paid for training its dense twin: one dense budget on top.
+               "train_flops_rel": rows[-1]["train_flops_rel"] + (1.0 if config.method.startswith("lth") else 0.0),
+               "test_flops_rel": rows[-1]["test_flops_rel"],
                "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
     with open(os.path.join(config.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
