@@ -84,7 +84,23 @@ def main(argv=None):
     train_parser = commands.add_parser("train", help="train one model",
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_arguments(train_parser)
+    sweep_parser = commands.add_parser("sweep", help="run a grid of experiments from a JSON config")
+    sweep_parser.add_argument("config", help="e.g. experiments/fig3_update_interval.json")
+    sweep_parser.add_argument("--root", default="runs/sweeps", help="where run folders go (default: %(default)s)")
+    sweep_parser.add_argument("--full", action="store_true", help="the paper's settings instead of the reduced preset")
+    sweep_parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: min(2, cores))")
+    sweep_parser.add_argument("--print-commands", action="store_true",
+                              help="print one train command per run (for Slurm arrays, GNU parallel) and exit")
+    sweep_parser.add_argument("--aggregate", action="store_true", help="only aggregate finished runs")
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        from tinyitop.sweep import run as run_sweep
+        try:
+            run_sweep(args.config, args.root, args.full, args.workers, args.print_commands, args.aggregate)
+        except (ValueError, OSError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         config = config_from_args(args)
         config.validate()

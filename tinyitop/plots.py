@@ -89,3 +89,49 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1"):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sweep_figure(rows, spec, path, title):
+    """Aggregated sweep results: one panel per metric; x numeric -> lines with std bars, else bars."""
+    plt = _pyplot()
+    x_key, metrics, series_key = spec["x"], spec.get("y", ["test_acc_at_best_val", "final_rs"]), spec.get("series")
+    labels = {"test_acc_at_best_val": "test accuracy (best val epoch)", "final_rs": "R_s (explored fraction)",
+              "final_rs_reliable": "reliable R_s", "generalization_gap": "train acc - test acc",
+              "train_flops_rel": "training FLOPs / dense"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    series = sorted({str(r.get(series_key, "")) for r in rows}) if series_key else [""]
+    numeric = all(_is_number(r.get(x_key)) for r in rows)
+    for ax, metric in zip(axes[0], metrics):
+        for i, name in enumerate(series):
+            chosen = [r for r in rows if not series_key or str(r.get(series_key, "")) == name]
+            if numeric:
+                chosen.sort(key=lambda r: float(r[x_key]))
+                ax.errorbar([float(r[x_key]) for r in chosen], [r[metric] for r in chosen],
+                            yerr=[r[metric + "_std"] for r in chosen], marker="o", capsize=3,
+                            label=f"{series_key}={name}" if series_key else None)
+            else:
+                width = 0.8 / len(series)
+                xs = [j + i * width for j in range(len(chosen))]
+                ax.bar(xs, [r[metric] for r in chosen], width, yerr=[r[metric + "_std"] for r in chosen],
+                       capsize=3, label=f"{series_key}={name}" if series_key else None)
+                ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(chosen))],
+                              [str(r[x_key]) for r in chosen], rotation=30, ha="right")
+        if numeric and spec.get("xscale"):
+            ax.set_xscale(spec["xscale"])
+        ax.set(xlabel=x_key, ylabel=labels.get(metric, metric))
+        ax.grid(alpha=0.3)
+        if series_key:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _is_number(value):
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False

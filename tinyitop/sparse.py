@@ -24,7 +24,17 @@ CPU_CHUNK, GPU_CHUNK = 1024, 1 << 20
 # operand: stays in L2), which made the gather 1.3-1.6x faster on a 10000x10000 layer.
 COLUMN_BLOCK = 512
 # SciPy's sparse kernels and NumPy's gathers release the GIL, so threads use both cores.
-_THREADS = max(1, min(2, os.cpu_count() or 1))
+# TINYITOP_THREADS=1 turns this off (the sweep runner does, when it runs one process per core).
+def _thread_count():
+    value = os.environ.get("TINYITOP_THREADS", "")
+    if not value:
+        return max(1, min(2, os.cpu_count() or 1))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"TINYITOP_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_THREADS = _thread_count()
 _pool = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
 
 

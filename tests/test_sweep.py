@@ -1,0 +1,92 @@
+"""The sweep runner: grid expansion, command lines, skip finished, resume unfinished, aggregation."""
+import json
+import os
+import shlex
+
+import pytest
+
+from tinyitop.cli import config_from_args
+from tinyitop.metrics import read_jsonl
+from tinyitop.sweep import expand, load_config, run, train_command
+from tinyitop.train import Config, train
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def _spec(tmp_path, **plot):
+    spec = {"name": "tiny", "title": "tiny", "plot": plot or {"x": "update_interval", "series": None},
+            "reduced": {"base": {"dataset": "synthetic", "hidden": [16], "epochs": 2, "lr": 0.05, "sparsity": 0.9,
+                                 "method": "set"},
+                        "grid": {"update_interval": [3, 9], "seed": [0, 1]}},
+            "full": {"base": {"dataset": "synthetic"}, "grid": {"seed": [0]}}}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_expand_crosses_variants_and_grid():
+    preset = {"base": {"epochs": 3}, "grid": {"a": [1, 2], "seed": [0, 1, 2]},
+              "variants": [{"label": "x"}, {"label": "y w/o z", "method": "static"}]}
+    runs = expand(preset)
+    assert len(runs) == 12 and len({run_id for run_id, _, _ in runs}) == 12
+    assert runs[-1][0] == "y-w-o-z_a=2_seed=2" and runs[-1][2] == {"epochs": 3, "method": "static", "a": 2, "seed": 2}
+
+
+def test_every_shipped_config_expands_to_valid_train_commands():
+    import argparse
+    from tinyitop.cli import add_train_arguments
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    for name in sorted(os.listdir(EXPERIMENTS)):
+        for full in (False, True):
+            spec, preset = load_config(os.path.join(EXPERIMENTS, name), full)
+            for run_id, _, settings in expand(preset):
+                args = parser.parse_args(train_command(settings, "out")[4:])
+                config = config_from_args(args)
+                config.validate()                                   # every run is a valid experiment
+                for key, value in settings.items():
+                    expected = tuple(value) if isinstance(value, list) else value
+                    assert getattr(config, key) == expected, (name, run_id, key)
+
+
+def test_unknown_settings_in_a_config_are_rejected(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"name": "bad", "reduced": {"base": {"learning_rate": 0.1}}, "full": {}}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_config(str(path))
+
+
+def test_sweep_runs_skips_resumes_and_aggregates(tmp_path, capsys):
+    config_path = _spec(tmp_path)
+    root = str(tmp_path / "runs")
+    # One run killed after its first epoch: the sweep must resume it, not restart it.
+    killed_dir = os.path.join(root, "tiny", "update_interval=3_seed=0")
+
+    class Killed(Exception):
+        pass
+
+    def crash(epoch):
+        raise Killed()
+    with pytest.raises(Killed):
+        train(Config(dataset="synthetic", hidden=(16,), epochs=2, lr=0.05, sparsity=0.9, update_interval=3,
+                     seed=0, out=killed_dir, progress=False), log=lambda *a: None, on_epoch_end=crash)
+    rows = run(config_path, root, workers=2)
+    out = capsys.readouterr().out
+    assert "4 runs, 0 already finished" in out and out.count(": ok in") == 4
+    assert "resumed from" in open(os.path.join(killed_dir, "log.txt")).read()
+    assert len(read_jsonl(os.path.join(killed_dir, "metrics.jsonl"))) == 2
+    assert sorted(r["update_interval"] for r in rows) == ["3", "9"] and all(r["seeds"] == 2 for r in rows)
+    assert all(r["final_rs_std"] is not None for r in rows)
+    for name in ("results.csv", "results.md", "results.png"):
+        assert os.path.exists(os.path.join(root, "tiny", name))
+    run(config_path, root, workers=1)                          # everything finished: nothing runs
+    assert "4 already finished" in capsys.readouterr().out
+
+
+def test_print_commands_for_a_scheduler(tmp_path, capsys):
+    run(_spec(tmp_path), str(tmp_path / "runs"), print_commands=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    first = shlex.split(lines[0])
+    assert first[:4] == ["python", "-m", "tinyitop", "train"] and "--resume" in first
+    assert first[first.index("--update-interval") + 1] == "3"

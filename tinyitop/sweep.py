@@ -1,0 +1,175 @@
+"""Grids of experiments: `python -m tinyitop sweep CONFIG.json`.
+
+A config names a base experiment, a grid of settings (crossed), optional variants (each crossed with
+the grid), a reduced preset (the default, a 2-core CPU finishes it in well under an hour) and the
+paper's settings (`--full`). Every run is one `python -m tinyitop train` command in its own folder:
+finished runs (summary.json) are skipped, unfinished ones resume from their checkpoint, so a sweep can
+be killed and restarted. `--print-commands` prints those commands for a cluster scheduler; `--aggregate`
+then collects mean +- std over seeds into results.csv / results.md / results.png.
+"""
+import concurrent.futures
+import csv
+import itertools
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from tinyitop.train import Config
+
+METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
+           "generalization_gap", "train_flops_rel", "test_flops_rel")
+CONFIG_FIELDS = set(Config.__dataclass_fields__)
+
+
+def load_config(path, full=False):
+    with open(path) as f:
+        spec = json.load(f)
+    preset = spec["full"] if full else spec["reduced"]
+    unknown = set(preset.get("base", {})) | set(preset.get("grid", {}))
+    for variant in preset.get("variants", [{}]):
+        unknown |= set(variant) - {"label"}
+    unknown -= CONFIG_FIELDS
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    return spec, preset
+
+
+def expand(preset):
+    """[(run_id, settings)] for every variant x grid point, in a stable order."""
+    grid = preset.get("grid", {})
+    keys = list(grid)
+    runs = []
+    for variant in preset.get("variants", [{}]):
+        label = variant.get("label")
+        for values in itertools.product(*(grid[k] for k in keys)):
+            overrides = {k: v for k, v in variant.items() if k != "label"}
+            overrides.update(zip(keys, values))
+            parts = ([label] if label else []) + [f"{k}={_text(v)}" for k, v in overrides.items()
+                                                   if not (label and k in variant)]
+            runs.append(("_".join(parts).replace("/", "-").replace(" ", "-"), label, {**preset.get("base", {}), **overrides}))
+    return runs
+
+
+def _text(value):
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def train_command(settings, out):
+    """The `python -m tinyitop train` command line for these settings."""
+    args = [sys.executable, "-m", "tinyitop", "train", "--out", out, "--resume", "--no-progress", "--no-plots"]
+    for key, value in settings.items():
+        if value is None or key in ("out", "resume", "progress"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        else:
+            args += [flag, _text(value)]
+    return args
+
+
+def _run_one(args, out, threads):
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ)
+    if threads == 1:   # one process per core: no BLAS or gather threads inside
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYITOP_THREADS="1")
+    started = time.perf_counter()
+    with open(os.path.join(out, "log.txt"), "a") as log:
+        code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return code, time.perf_counter() - started
+
+
+def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False):
+    spec, preset = load_config(config_path, full)
+    folder = os.path.join(root, spec["name"] + ("-full" if full else ""))
+    runs = expand(preset)
+    commands = [(run_id, label, settings, train_command(settings, os.path.join(folder, run_id)))
+                for run_id, label, settings in runs]
+    if print_commands:
+        for *_, args in commands:
+            print(shlex.join(["python"] + args[1:]))   # portable: the scheduler's python
+        return None
+    if not aggregate_only:
+        todo = [c for c in commands if not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
+        workers = workers or min(2, os.cpu_count() or 1)
+        print(f"{spec['name']}: {len(commands)} runs, {len(commands) - len(todo)} already finished, "
+              f"{workers} worker(s); logs in {folder}/RUN/log.txt")
+        threads = 1 if workers > 1 else None
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(_run_one, args, os.path.join(folder, run_id), threads): run_id
+                       for run_id, _, _, args in todo}
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                code, seconds = future.result()
+                status = "ok" if code == 0 else f"FAILED (exit {code}, see log.txt)"
+                print(f"[{done}/{len(todo)}] {futures[future]}: {status} in {seconds:.0f} s", flush=True)
+    return aggregate(spec, preset, folder, commands)
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(spec, preset, folder, commands):
+    """Group runs that differ only by seed; write results.csv, results.md and results.png."""
+    groups = {}
+    for run_id, label, settings, _ in commands:
+        path = os.path.join(folder, run_id, "summary.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            summary = json.load(f)
+        summary["generalization_gap"] = summary["final_train_acc"] - summary["last_test_acc"]
+        key = tuple((k, _text(v)) for k, v in settings.items() if k != "seed" and k in _varied(commands))
+        group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": []})
+        group["summaries"].append(summary)
+    rows = []
+    for group in groups.values():
+        row = {"label": group["label"] or "", **group["settings"], "seeds": len(group["summaries"])}
+        for metric in METRICS:
+            row[metric], row[metric + "_std"] = _mean_std([s.get(metric) for s in group["summaries"]])
+        rows.append(row)
+    if not rows:
+        print("no finished runs to aggregate")
+        return []
+    columns = list(rows[0])
+    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write(markdown_table(rows))
+    if spec.get("plot"):
+        from tinyitop.plots import sweep_figure
+        sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), spec.get("title", spec["name"]))
+    print(markdown_table(rows))
+    print(f"wrote {folder}/results.csv, results.md" + (", results.png" if spec.get("plot") else ""))
+    return rows
+
+
+def _varied(commands):
+    """Settings that differ between runs (the columns worth showing)."""
+    keys = set().union(*(settings for _, _, settings, _ in commands))
+    return {k for k in keys if len({_text(s.get(k)) for _, _, s, _ in commands}) > 1}
+
+
+def markdown_table(rows):
+    settings = [c for c in rows[0] if c not in METRICS and not c.endswith("_std") and c != "seeds"]
+    shown = ("test_acc_at_best_val", "final_rs", "final_rs_reliable", "generalization_gap", "train_flops_rel")
+    header = settings + ["seeds"] + [m for m in shown]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[c]) for c in settings] + [str(row["seeds"])]
+        for metric in shown:
+            mean, std = row[metric], row[metric + "_std"]
+            cells.append("" if mean is None else f"{mean:.4f} +- {std:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
