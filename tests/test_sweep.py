@@ -83,6 +83,18 @@ def test_sweep_runs_skips_resumes_and_aggregates(tmp_path, capsys):
     assert "4 already finished" in capsys.readouterr().out
 
 
+def test_variants_with_different_settings_aggregate(tmp_path):
+    spec = json.loads(open(_spec(tmp_path)).read())
+    spec["reduced"]["grid"] = {"seed": [0]}
+    spec["reduced"]["variants"] = [{"label": "a"}, {"label": "b", "stop_exploration_epoch": 1}]
+    spec["plot"] = {"x": "label"}
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps(spec))
+    rows = run(str(path), str(tmp_path / "runs"), workers=1)
+    assert [r["label"] for r in rows] == ["a", "b"] and rows[0]["stop_exploration_epoch"] == ""
+    assert "| a |" in open(tmp_path / "runs" / "tiny" / "results.md").read()
+
+
 def test_print_commands_for_a_scheduler(tmp_path, capsys):
     run(_spec(tmp_path), str(tmp_path / "runs"), print_commands=True)
     lines = capsys.readouterr().out.strip().splitlines()

@@ -30,6 +30,11 @@ def save(path, model, optimizer, exploration, meta):
             arrays[f"explored/{name}/reliable"] = B.to_host(explored.reliable)
             arrays[f"explored/{name}/pending"] = B.to_host(explored.pending)
     arrays["meta"] = np.array(json.dumps(meta))
+    _atomic_savez(path, arrays)
+
+
+def _atomic_savez(path, arrays):
+    """np.savez to a temporary file, fsync, then rename over `path` (atomic on POSIX)."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -64,13 +69,7 @@ def load(path, model, optimizer, exploration):
 
 def save_parameters(path, model):
     """Dense parameter values only (LTH keeps a model's initial weights to rewind to)."""
-    arrays = {name: B.to_host(param.data) for name, param in model.named_parameters()}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_savez(path, {name: B.to_host(param.data) for name, param in model.named_parameters()})
 
 
 def load_parameters(path, model):

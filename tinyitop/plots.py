@@ -99,7 +99,8 @@ def sweep_figure(rows, spec, path, title):
               "final_rs_reliable": "reliable R_s", "generalization_gap": "train acc - test acc",
               "train_flops_rel": "training FLOPs / dense"}
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
-    series = sorted({str(r.get(series_key, "")) for r in rows}) if series_key else [""]
+    series = sorted({str(r.get(series_key, "")) for r in rows},
+                    key=lambda v: (0, float(v), v) if _is_number(v) else (1, 0.0, v)) if series_key else [""]
     numeric = all(_is_number(r.get(x_key)) for r in rows)
     for ax, metric in zip(axes[0], metrics):
         for i, name in enumerate(series):
@@ -112,12 +113,21 @@ def sweep_figure(rows, spec, path, title):
             else:
                 width = 0.8 / len(series)
                 xs = [j + i * width for j in range(len(chosen))]
-                ax.bar(xs, [r[metric] for r in chosen], width, yerr=[r[metric + "_std"] for r in chosen],
-                       capsize=3, label=f"{series_key}={name}" if series_key else None)
+                bars = ax.bar(xs, [r[metric] for r in chosen], width, yerr=[r[metric + "_std"] for r in chosen],
+                              capsize=3, label=f"{series_key}={name}" if series_key else None)
+                ax.bar_label(bars, labels=[f"{r[metric]:.3f}" for r in chosen], fontsize=7, padding=2)
                 ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(chosen))],
                               [str(r[x_key]) for r in chosen], rotation=30, ha="right")
         if numeric and spec.get("xscale"):
             ax.set_xscale(spec["xscale"])
+            ticks = sorted({float(r[x_key]) for r in rows})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        values = [r[metric] for r in rows if r[metric] is not None]
+        low, high = min(values), max(values)
+        if not numeric and high > 0 and (high - low) < 0.25 * high:   # close bars: zoom in, or 1 point is invisible
+            margin = max(high - low, 1e-3)
+            ax.set_ylim(low - margin, high + 0.6 * margin)
         ax.set(xlabel=x_key, ylabel=labels.get(metric, metric))
         ax.grid(alpha=0.3)
         if series_key:

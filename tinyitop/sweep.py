@@ -140,7 +140,8 @@ def aggregate(spec, preset, folder, commands):
     if not rows:
         print("no finished runs to aggregate")
         return []
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
+    rows = [{key: row.get(key, "") for key in columns} for row in rows]
     with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -162,7 +163,8 @@ def _varied(commands):
 
 
 def markdown_table(rows):
-    settings = [c for c in rows[0] if c not in METRICS and not c.endswith("_std") and c != "seeds"]
+    settings = [c for c in rows[0] if c not in METRICS and not c.endswith("_std") and c != "seeds"
+                and any(str(row[c]) for row in rows)]     # no empty label column
     shown = ("test_acc_at_best_val", "final_rs", "final_rs_reliable", "generalization_gap", "train_flops_rel")
     header = settings + ["seeds"] + [m for m in shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
