@@ -94,3 +94,11 @@ def test_small_resnet_step_runs_on_either_backend(any_backend):
                         ("linear", Linear(8, 3, bias=False))])
     losses = _step(model, (4, 3, 8, 8), 3)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_import_is_light():
+    """`import tinyitop` loads NumPy/SciPy only: matplotlib with the plots, CuPy only when asked for."""
+    code = "import sys, tinyitop; print(sorted(m for m in ('matplotlib', 'tqdm', 'cupy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, TINYITOP_BACKEND="numpy", PYTHONPATH=ROOT))
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
