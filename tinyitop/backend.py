@@ -139,8 +139,4 @@ def set_rng_state(state):
         rng().bit_generator.state = state
 
 
-def is_sparse(matrix):
-    return sparse.issparse(matrix)
-
-
 _from_environment()

@@ -42,9 +42,6 @@ class SGD:
         """Zero the state at the given flat entries of a parameter."""
         self.velocity[name].reshape(-1)[entries] = 0
 
-    def astype(self, dtype):
-        self.velocity = {k: v.astype(dtype) for k, v in self.velocity.items()}
-
 
 class MultiStepLR:
     """lr * gamma^(number of milestones passed); milestones are fractions of the total epochs."""

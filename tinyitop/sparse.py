@@ -178,10 +178,6 @@ class SparseWeight(Parameter):
     def astype(self, dtype):
         self.set_topology(self.flat_positions(), self.csr.data.astype(dtype))
 
-    def to_dense(self):
-        """The dense matrix (tests and plots only: memory of the dense twin)."""
-        return self.csr.toarray()
-
 
 def random_sparse_weight(shape, density, fan_in, fan_in_scaling=False, dtype="float32"):
     """CSR weight with exactly round(density*numel) nonzeros at uniform positions.

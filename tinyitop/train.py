@@ -224,6 +224,12 @@ def _progress(iterable, total, enabled, description):
     return tqdm(iterable, total=total, desc=description, leave=False, unit="batch")
 
 
+def _check_finite(loss, epoch, ckpt_path):
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}; lower --lr. "
+                               f"The last good checkpoint is {ckpt_path}")
+
+
 def train(config, log=print, on_epoch_end=None):
     """Run one experiment; returns a Run (its summary is also written to OUT/summary.json)."""
     config.validate()
@@ -276,12 +282,10 @@ def train(config, log=print, on_epoch_end=None):
         metrics.truncate(lambda row: row["epoch"] <= state["epoch"])
         updates.truncate(lambda row: row["iteration"] <= state["step"])
         log(f"resumed from {ckpt_path} after epoch {state['epoch']} (iteration {state['step']})")
-    elif config.resume:
-        log(f"--resume: no checkpoint in {config.out}, starting from scratch")
-        metrics.truncate(lambda row: False)
-        updates.truncate(lambda row: False)
     else:
-        metrics.truncate(lambda row: False)
+        if config.resume:
+            log(f"--resume: no checkpoint in {config.out}, starting from scratch")
+        metrics.truncate(lambda row: False)     # a fresh run starts fresh logs
         updates.truncate(lambda row: False)
 
     log(B.describe())
@@ -316,13 +320,10 @@ def train(config, log=print, on_epoch_end=None):
                                 "rs_per_layer": exploration.rs_per_layer()})
             loss_sum = loss_sum + loss * labels.shape[0]
             correct = correct + accuracy_count(logits, labels)
-            if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(B.scalar(loss_sum)):   # sync point
-                raise TrainingDiverged(f"loss became {B.scalar(loss_sum)} at iteration {step} (epoch {epoch + 1}); "
-                                       f"lower --lr. The last good checkpoint is {ckpt_path}")
+            if step % FINITE_CHECK_EVERY == 0:
+                _check_finite(B.scalar(loss_sum), epoch, ckpt_path)    # sync point every 50 iterations
         train_loss = B.scalar(loss_sum) / len(train_x)             # sync point: once per epoch
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; lower --lr. "
-                                   f"The last good checkpoint is {ckpt_path}")
+        _check_finite(train_loss, epoch, ckpt_path)
         train_acc = B.scalar(correct) / len(train_x)
         val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, config.batch_size)
