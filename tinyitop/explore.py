@@ -41,7 +41,7 @@ class ExploredSet:
         if new.size:
             merged = xp.concatenate([self.positions, new])
             flags = xp.concatenate([self.reliable, xp.zeros(new.size, dtype=bool)])
-            order = xp.argsort(merged, kind="stable")
+            order = xp.argsort(merged)       # positions are unique: any sort gives the same order
             self.positions, self.reliable = merged[order], flags[order]
         self.pending = grown
 

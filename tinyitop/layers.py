@@ -114,6 +114,7 @@ def check_input(layer, x, ndim, features=None, axis=1):
 
 def uniform(shape, bound, dtype=DEFAULT_DTYPE):
     """U(-bound, bound) drawn from the backend generator (PyTorch's default init family)."""
+    dtype = B.xp.dtype(dtype)   # a dtype object, not a string, for CuPy's generator
     return (B.rng().random(shape, dtype=dtype) * (2 * bound) - bound).astype(dtype)
 
 
