@@ -33,7 +33,7 @@ def test_remap_keeps_surviving_state_and_zeroes_new():
     p = Parameter(np.zeros(4))
     opt = SGD([("w", p)], lr=0.1)
     opt.velocity["w"] = np.array([1.0, 2.0, 3.0, 4.0])
-    opt.remap("w", np.array([3, -1, 0, -1, 1]))
+    opt.remap(p, np.array([3, -1, 0, -1, 1]))
     np.testing.assert_array_equal(opt.velocity["w"], [4.0, 0.0, 1.0, 0.0, 2.0])
 
 

@@ -69,7 +69,7 @@ def test_update_invariants(any_backend, mode):
     dense_grad = _host(layer.dense_grad) if mode == "gradient" else None
 
     source, kept, grown = update_layer(weight, rate, mode, exploration.sets["fc1"], layer.dense_grad)
-    opt.remap("fc1.weight", source)
+    opt.remap(weight, source)
     after_pos, after_val = _host(weight.flat_positions()), _host(weight.data)
     after_vel = _host(opt.velocity["fc1.weight"])
     source, kept, grown = _host(source), _host(kept), _host(grown)

@@ -63,7 +63,6 @@ class GradualPruner:
         shapes = {name: layer.weight_param.shape for name, layer in self.layers.items()}
         self.final_density = layer_densities(shapes, 1 - sparsity, init)
         self.start_step, self.end_step, self.interval = start_step, max(end_step, start_step + 1), interval
-        self.names = {id(p): n for n, p in model.named_parameters()}
 
     def target_density(self, name, step):
         progress = min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
@@ -83,7 +82,7 @@ class GradualPruner:
                 continue
             kept_slots = prune(weight, weight.nnz - keep)
             weight.set_topology(weight.flat_positions()[kept_slots], weight.data[kept_slots])
-            self.optimizer.remap(self.names[id(weight)], kept_slots)
+            self.optimizer.remap(weight, kept_slots)
             pruned = True
         return pruned
 

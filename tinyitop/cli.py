@@ -53,6 +53,16 @@ def add_train_arguments(parser, defaults=Config()):
     a("--no-plots", action="store_true", help="skip the PNG figures at the end")
 
 
+def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError)):
+    """Run `action`; an expected error becomes one `error: ...` line on stderr and exit status 2."""
+    try:
+        action()
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def config_from_args(args):
     return Config(model=args.model, hidden=args.hidden, dataset=args.dataset, data_dir=args.data_dir,
                   method=args.method, growth=args.growth, sparsity=args.sparsity, init=args.init,
@@ -95,20 +105,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "sweep":
         from tinyitop.sweep import run as run_sweep
-        try:
-            run_sweep(args.config, args.root, args.full, args.workers, args.print_commands, args.aggregate)
-        except (ValueError, OSError, KeyError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        config = config_from_args(args)
-        config.validate()
-        run_and_plot(config, plots=not args.no_plots)
-    except (ValueError, TrainingDiverged, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers,
+                                              args.print_commands, args.aggregate), (ValueError, OSError, KeyError))
+    return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots))
 
 
 def demo_main(description, paper, quick, argv=None):
@@ -124,9 +123,4 @@ def demo_main(description, paper, quick, argv=None):
     args = parser.parse_args(argv)
     settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
                 "data_dir": args.data_dir, "out": args.out, "resume": args.resume, "progress": not args.no_progress}
-    try:
-        run_and_plot(Config(**settings))
-    except (ValueError, TrainingDiverged, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _exit_status(lambda: run_and_plot(Config(**settings)))

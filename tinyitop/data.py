@@ -218,7 +218,7 @@ def batches(x, y, batch_size, mean, std, rng=None, train_augment=False):
     """Yield (images, labels) on the device; shuffled and augmented when `rng` is given."""
     order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
     for start in range(0, len(x), batch_size):
-        index = np.sort(order[start:start + batch_size]) if rng is None else order[start:start + batch_size]
+        index = order[start:start + batch_size]
         images = x[index]
         if train_augment:
             images = augment(images, rng)

@@ -48,10 +48,10 @@ class FlopCounter:
 
     def refresh(self):
         """Re-read the active weight counts (after a topology update or a pruning step)."""
-        self.forward_sparse = sum(2 * _active_and_dense(m)[0] * pos for m, pos in self.costs.values())
-        self.forward_dense = sum(2 * _active_and_dense(m)[1] * pos for m, pos in self.costs.values())
-        self.dense_grad_extra = {name: 2 * (_active_and_dense(m)[1] - _active_and_dense(m)[0]) * pos
-                                 for name, (m, pos) in self.costs.items()}
+        counts = {name: (*_active_and_dense(m), pos) for name, (m, pos) in self.costs.items()}
+        self.forward_sparse = sum(2 * active * pos for active, _, pos in counts.values())
+        self.forward_dense = sum(2 * dense * pos for _, dense, pos in counts.values())
+        self.dense_grad_extra = {name: 2 * (dense - active) * pos for name, (active, dense, pos) in counts.items()}
 
     def step(self, batch_size, dense_grad_layers=()):
         """One training iteration: forward + backward (dx, dW) = 3x the forward cost."""

@@ -151,14 +151,19 @@ class Conv2d(Module):
     param_names = ("weight", "bias")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        fan_in = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding)
+        kh, kw = self.kernel_size
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(uniform((out_channels, in_channels, kh, kw), bound))
+        self.bias = Parameter(uniform((out_channels,), bound)) if bias else None
+
+    def _set_geometry(self, in_channels, out_channels, kernel_size, stride, padding):
+        """Channels, kernel, stride, padding and empty caches; returns the fan-in C*KH*KW."""
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.stride, self.padding = stride, padding
-        kh, kw = self.kernel_size
-        bound = 1.0 / math.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(uniform((out_channels, in_channels, kh, kw), bound))
-        self.bias = Parameter(uniform((out_channels,), bound)) if bias else None
         self.x_shape = self.cols = None
+        return in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     def output_shape(self, x_shape):
         n, _, h, w = x_shape

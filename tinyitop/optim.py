@@ -18,6 +18,7 @@ class SGD:
         self.params = list(named_parameters)
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
         self.velocity = {name: B.xp.zeros(p.data.shape, dtype=p.data.dtype) for name, p in self.params}
+        self._name_of = {id(p): name for name, p in self.params}
 
     def step(self):
         m = self.momentum
@@ -29,8 +30,9 @@ class SGD:
             update = g + m * v if self.nesterov else v
             p.data -= self.lr * update                 # in place: for CSR weights this writes .data
 
-    def remap(self, name, source):
-        """After a topology update: new slot j takes old slot source[j]; source[j] < 0 -> zero."""
+    def remap(self, param, source):
+        """After a topology update of `param`: new slot j takes old slot source[j]; < 0 -> zero."""
+        name = self._name_of[id(param)]
         old = self.velocity[name]
         xp = B.xp
         keep = source >= 0

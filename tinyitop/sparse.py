@@ -23,6 +23,8 @@ CPU_CHUNK, GPU_CHUNK = 1024, 1 << 18   # GPU: 256k nonzeros x 128 samples = 128 
 # On a CPU the gather visits the nonzeros by blocks of 512 input features (256 KiB of a 128-sample
 # operand: stays in L2), which made the gather 1.3-1.6x faster on a 10000x10000 layer.
 COLUMN_BLOCK = 512
+
+
 # SciPy's sparse kernels and NumPy's gathers release the GIL, so threads use both cores.
 # TINYITOP_THREADS=1 turns this off (the sweep runner does, when it runs one process per core).
 def _thread_count():
@@ -53,12 +55,6 @@ def csr_from_flat(flat, values, shape):
     cols = (flat - rows * n_cols).astype(xp.int32)
     indptr = xp.searchsorted(rows, xp.arange(n_rows + 1)).astype(xp.int32)  # first nnz of each row
     return B.sparse.csr_matrix((values, cols, indptr), shape=shape)
-
-
-def csr_rows(csr):
-    """Row index of every nonzero, (nnz,) int64, from indptr."""
-    xp = B.xp
-    return xp.searchsorted(csr.indptr, xp.arange(csr.nnz), side="right").astype(xp.int64) - 1
 
 
 def spmm(matrix, dense):
@@ -146,17 +142,20 @@ class SparseWeight(Parameter):
     def rows(self):
         """Row of each nonzero, (nnz,) int32 (cached until the topology changes)."""
         if self._rows is None:
-            self._rows = csr_rows(self.csr).astype(B.xp.int32)
+            xp = B.xp
+            rows = xp.searchsorted(self.csr.indptr, xp.arange(self.csr.nnz), side="right") - 1
+            self._rows = rows.astype(xp.int32)
         return self._rows
 
     def gather_plan(self):
-        """(order, rows[order], cols[order]) for `sddmm`, or None on a GPU (no cache to tile for).
+        """(order, rows[order], cols[order]) for `sddmm`; on a GPU (no cache to tile for) the CSR
+        order itself, (None, rows, cols).
 
         The nonzeros are sorted by (column block, row): the rows of X gathered for one block fit in
         cache, and the rows of dY are visited in increasing order. Cached until the topology changes.
         """
         if B.name != "numpy":
-            return None
+            return None, self.rows(), self.csr.indices
         if self._plan is None:
             xp = B.xp
             rows, cols = self.rows(), self.csr.indices
@@ -211,6 +210,13 @@ class _SparseMixin:
         """The CSR matrix itself."""
         return self.weight_param.csr
 
+    def _init_parameters(self, n_out, fan_in, density, bias, fan_in_scaling):
+        """CSR weight (n_out, fan_in) at `density` and a dense bias, PyTorch's default init."""
+        if not 0 < density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        self.weight_param = random_sparse_weight((n_out, fan_in), density, fan_in, fan_in_scaling)
+        self.bias = Parameter(uniform((n_out,), 1.0 / math.sqrt(fan_in))) if bias else None
+
     def own_parameters(self):
         params = [("weight", self.weight_param)]
         return params + ([("bias", self.bias)] if self.bias is not None else [])
@@ -220,10 +226,7 @@ class _SparseMixin:
         w = self.weight_param
         self.dense_grad = None
         if w.density < GATHER_MAX_DENSITY and not self.keep_dense_grad:
-            plan = w.gather_plan()
-            if plan is None:
-                return sddmm(dout_t, inputs_t, w.rows(), w.csr.indices)
-            order, rows, cols = plan
+            order, rows, cols = w.gather_plan()
             return sddmm(dout_t, inputs_t, rows, cols, order)
         dense = dout_t @ inputs_t.T                                      # (out, M) @ (M, in) -> (out, in)
         if self.keep_dense_grad:        # RigL grows where this minibatch's dense gradient is largest
@@ -235,13 +238,8 @@ class SparseLinear(_SparseMixin, Module):
     """y = x W^T + b with W a CSR matrix (out_features, in_features). x (N, in) -> (N, out)."""
 
     def __init__(self, in_features, out_features, density, bias=True, fan_in_scaling=False):
-        if not 0 < density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {density}")
         self.in_features, self.out_features = in_features, out_features
-        self.weight_param = random_sparse_weight((out_features, in_features), density, in_features,
-                                                 fan_in_scaling)
-        bound = 1.0 / math.sqrt(in_features)
-        self.bias = Parameter(uniform((out_features,), bound)) if bias else None
+        self._init_parameters(out_features, in_features, density, bias, fan_in_scaling)
         self.x_t = None
 
     def forward(self, x):
@@ -265,17 +263,8 @@ class SparseConv2d(_SparseMixin, Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, density=1.0,
                  fan_in_scaling=False):
-        if not 0 < density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {density}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        self.stride, self.padding = stride, padding
-        kh, kw = self.kernel_size
-        fan_in = in_channels * kh * kw
-        self.weight_param = random_sparse_weight((out_channels, fan_in), density, fan_in, fan_in_scaling)
-        bound = 1.0 / math.sqrt(fan_in)
-        self.bias = Parameter(uniform((out_channels,), bound)) if bias else None
-        self.x_shape = self.cols = None
+        fan_in = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding)
+        self._init_parameters(out_channels, fan_in, density, bias, fan_in_scaling)
 
     def _matmul(self, cols):
         return spmm(self.weight, cols)                                       # (O, CKK) @ (CKK, M)

@@ -106,7 +106,7 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
                 code, seconds = future.result()
                 status = "ok" if code == 0 else f"FAILED (exit {code}, see log.txt)"
                 print(f"[{done}/{len(todo)}] {futures[future]}: {status} in {seconds:.0f} s", flush=True)
-    return aggregate(spec, preset, folder, commands)
+    return aggregate(spec, folder, commands)
 
 
 def _mean_std(values):
@@ -118,8 +118,9 @@ def _mean_std(values):
     return mean, std
 
 
-def aggregate(spec, preset, folder, commands):
+def aggregate(spec, folder, commands):
     """Group runs that differ only by seed; write results.csv, results.md and results.png."""
+    varied = _varied(commands) - {"seed"}
     groups = {}
     for run_id, label, settings, _ in commands:
         path = os.path.join(folder, run_id, "summary.json")
@@ -128,7 +129,7 @@ def aggregate(spec, preset, folder, commands):
         with open(path) as f:
             summary = json.load(f)
         summary["generalization_gap"] = summary["final_train_acc"] - summary["last_test_acc"]
-        key = tuple((k, _text(v)) for k, v in settings.items() if k != "seed" and k in _varied(commands))
+        key = tuple((k, _text(v)) for k, v in settings.items() if k in varied)
         group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": []})
         group["summaries"].append(summary)
     rows = []
@@ -146,12 +147,13 @@ def aggregate(spec, preset, folder, commands):
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    table = markdown_table(rows)
     with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write(markdown_table(rows))
+        f.write(table)
     if spec.get("plot"):
         from tinyitop.plots import sweep_figure
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), spec.get("title", spec["name"]))
-    print(markdown_table(rows))
+    print(table)
     print(f"wrote {folder}/results.csv, results.md" + (", results.png" if spec.get("plot") else ""))
     return rows
 

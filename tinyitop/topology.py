@@ -104,7 +104,6 @@ class TopologyUpdater:
         self.method, self.growth, self.update_interval = method, growth, update_interval
         self.initial_prune_rate, self.total_steps = initial_prune_rate, total_steps
         self.stop_exploration_step = stop_exploration_step
-        self.names = {id(p): n for n, p in model.named_parameters()}
         # A layer at density 1 (made dense by ERK) has nothing to explore.
         self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight_param.density < 1}
 
@@ -128,9 +127,8 @@ class TopologyUpdater:
         for name, layer in self.layers.items():
             weight = layer.weight_param
             explored = self.exploration.sets[name]
-            source, kept, grown = update_layer(weight, rate, self.growth, explored,
-                                               getattr(layer, "dense_grad", None))
-            self.optimizer.remap(self.names[id(weight)], source)
+            source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad)
+            self.optimizer.remap(weight, source)
             explored.record_update(kept, grown)
             layer.keep_dense_grad, layer.dense_grad = False, None
         return rate
