@@ -116,16 +116,41 @@ def test_unknown_dataset():
         data.load("mnist")
 
 
-def test_augment_crops_and_flips_within_the_padded_image():
+@pytest.mark.parametrize("pad_mode, numpy_mode", [("reflect", "reflect"), ("zero", "constant")])
+def test_augment_crops_and_flips_within_the_padded_image(pad_mode, numpy_mode):
     rng = np.random.default_rng(0)
     images = np.arange(2 * 1 * 5 * 5, dtype=np.uint8).reshape(2, 1, 5, 5) + 1
-    for _ in range(20):
-        out = data.augment(images, rng, pad=2)
+    seen, zeros = set(), 0
+    for _ in range(40):
+        out = data.augment(images, rng, pad=2, pad_mode=pad_mode)
         assert out.shape == images.shape and out.dtype == np.uint8
+        zeros += int((out == 0).sum())
         for i in range(2):
-            padded = np.pad(images[i, 0], 2)
+            padded = np.pad(images[i, 0], 2, mode=numpy_mode)
             windows = [padded[y:y + 5, x:x + 5] for y in range(5) for x in range(5)]
-            assert any(np.array_equal(out[i, 0], w) or np.array_equal(out[i, 0], w[:, ::-1]) for w in windows)
+            matches = [k for k, w in enumerate(windows)
+                       if np.array_equal(out[i, 0], w) or np.array_equal(out[i, 0], w[:, ::-1])]
+            assert matches
+            seen.update(matches)
+    assert len(seen) > 10                       # the crop really moves
+    assert (zeros > 0) == (pad_mode == "zero")   # pixels are >= 1: only zero padding brings black borders
+
+
+def test_reflect_padding_matches_torchvision_reflect():
+    """torchvision's padding_mode='reflect' mirrors without repeating the edge: [1 2 3] -> [3 2 | 1 2 3 | 2 1].
+    The corner crop (offset 0, 0) of a 1-pixel-padded image shows exactly that."""
+    image = np.array([[[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]], dtype=np.uint8)     # (1, 1, 3, 3)
+
+    class CornerNoFlip:
+        def integers(self, low, high, size):
+            return np.zeros(size, dtype=np.int64)
+
+        def random(self, n):
+            return np.ones(n)
+    out = data.augment(image, CornerNoFlip(), pad=1, pad_mode="reflect")
+    np.testing.assert_array_equal(out[0, 0], [[5, 4, 5], [2, 1, 2], [5, 4, 5]])
+    with pytest.raises(ValueError, match="pad mode"):
+        data.augment(image, CornerNoFlip(), pad=1, pad_mode="edge")
 
 
 def test_normalise_and_batches_move_to_device_once():

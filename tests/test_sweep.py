@@ -102,3 +102,13 @@ def test_print_commands_for_a_scheduler(tmp_path, capsys):
     first = shlex.split(lines[0])
     assert first[:4] == ["python", "-m", "tinyitop", "train"] and "--resume" in first
     assert first[first.index("--update-interval") + 1] == "3"
+
+
+def test_dataset_override_and_negated_flags_reach_the_train_commands(tmp_path, capsys):
+    run(_spec(tmp_path), str(tmp_path / "runs"), print_commands=True, dataset="/data/my cifar.npz")
+    first = shlex.split(capsys.readouterr().out.splitlines()[0])
+    assert first[first.index("--dataset") + 1] == "/data/my cifar.npz"
+    assert first[first.index("--out") + 1].startswith(str(tmp_path / "runs" / "tiny-my cifar"))
+    assert "--no-augment" in train_command({"augment": False}, "out")
+    assert "--augment" in train_command({"augment": True}, "out")
+    assert not any("fan-in" in a for a in train_command({"fan_in_scaling": False}, "out"))

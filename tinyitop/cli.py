@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from tinyitop.data import DATASETS, DatasetError
+from tinyitop.data import DATASETS, PAD_MODES, DatasetError, is_npz
 from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
 from tinyitop.train import METHODS, MODEL_NAMES, Config, TrainingDiverged, train
@@ -15,6 +15,13 @@ def _int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def dataset_arg(text):
+    """A data set name, or the path of the user's .npz (python -m tinyitop pack-images makes one)."""
+    if text in DATASETS or is_npz(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a data set ({', '.join(DATASETS)}) nor a PATH.npz")
+
+
 def _name_list(text):
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -24,8 +31,13 @@ def add_train_arguments(parser, defaults=Config()):
     a = parser.add_argument
     a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
     a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, e.g. 1024,512 (default: 1024,512)")
-    a("--dataset", choices=DATASETS, default=d.dataset, help="data set (default: %(default)s)")
+    a("--dataset", type=dataset_arg, default=d.dataset,
+      help=f"{', '.join(DATASETS)} or PATH.npz with train_x/train_y/test_x/test_y (default: %(default)s)")
     a("--data-dir", default=d.data_dir, help="download/cache folder (default: ~/.cache/tinyitop)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+      help="random crop + horizontal flip of training images (default: on for cifar10/cifar100, off otherwise)")
+    a("--pad-mode", choices=PAD_MODES, default=d.pad_mode,
+      help="padding before the random crop; the ITOP reference reflects (default: %(default)s)")
     a("--method", choices=METHODS, default=d.method, help="training method (default: %(default)s)")
     a("--growth", choices=GROWTH_MODES, default=None,
       help="growth: random/unexplored for set, gradient for rigl (default: random for set, gradient for rigl)")
@@ -47,6 +59,9 @@ def add_train_arguments(parser, defaults=Config()):
     a("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     a("--limit-train", type=int, default=d.limit_train, help="use only the first N training samples (quick runs)")
+    a("--val-fraction", type=float, default=d.val_fraction,
+      help="training images held out to pick the best epoch; 0 trains on all (the reference's protocol) "
+           "and reports last and best test accuracy (default: %(default)s)")
     a("--out", default=d.out, help="output folder for metrics, checkpoint, figures (default: %(default)s)")
     a("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     a("--no-progress", action="store_true", help="no progress bar within epochs")
@@ -65,7 +80,7 @@ def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError)):
 
 def config_from_args(args):
     return Config(model=args.model, hidden=args.hidden, dataset=args.dataset, data_dir=args.data_dir,
-                  method=args.method, growth=args.growth, sparsity=args.sparsity, init=args.init,
+                  augment=args.augment, pad_mode=args.pad_mode, val_fraction=args.val_fraction, method=args.method, growth=args.growth, sparsity=args.sparsity, init=args.init,
                   dense_layers=args.dense_layers, fan_in_scaling=args.fan_in_scaling,
                   update_interval=args.update_interval, prune_rate=args.prune_rate,
                   stop_exploration_epoch=args.stop_exploration_epoch, epochs=args.epochs,
@@ -102,11 +117,22 @@ def main(argv=None):
     sweep_parser.add_argument("--print-commands", action="store_true",
                               help="print one train command per run (for Slurm arrays, GNU parallel) and exit")
     sweep_parser.add_argument("--aggregate", action="store_true", help="only aggregate finished runs")
+    sweep_parser.add_argument("--dataset", type=dataset_arg, default=None,
+                              help="replace the preset's data set, e.g. your own cifar10.npz (default: the preset's)")
+    pack_parser = commands.add_parser("pack-images", help="a folder of images -> an .npz data set for --dataset")
+    pack_parser.add_argument("folder", help="FOLDER/train/<class>/* and FOLDER/test/<class>/* (PNG or JPEG)")
+    pack_parser.add_argument("out", help="the .npz to write, e.g. ~/data/cifar10.npz")
+    pack_parser.add_argument("--normalise-as", choices=("cifar10", "cifar100"), default=None,
+                             help="store that data set's reference mean/std (default: computed from the images)")
     args = parser.parse_args(argv)
     if args.command == "sweep":
         from tinyitop.sweep import run as run_sweep
         return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers,
-                                              args.print_commands, args.aggregate), (ValueError, OSError, KeyError))
+                                              args.print_commands, args.aggregate, args.dataset),
+                            (ValueError, OSError, KeyError))
+    if args.command == "pack-images":
+        from tinyitop.pack_images import pack
+        return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as), (DatasetError, OSError))
     return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots))
 
 
@@ -114,8 +140,8 @@ def demo_main(description, paper, quick, argv=None):
     """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")
-    parser.add_argument("--dataset", choices=DATASETS, default=paper.dataset,
-                        help="data set (default: %(default)s; 'synthetic' for a smoke run)")
+    parser.add_argument("--dataset", type=dataset_arg, default=paper.dataset,
+                        help="data set or PATH.npz (default: %(default)s; 'synthetic' for a smoke run)")
     parser.add_argument("--data-dir", default=None, help="download/cache folder (default: ~/.cache/tinyitop)")
     parser.add_argument("--out", default=paper.out, help="output folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")

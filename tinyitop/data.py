@@ -1,4 +1,5 @@
-"""Data: CIFAR-10/100, Fashion-MNIST and a synthetic set; normalisation, augmentation, batches.
+"""Data: CIFAR-10/100, Fashion-MNIST, a synthetic set and the user's own .npz; normalisation,
+augmentation (the ITOP reference's reflect-pad crop + flip), batches.
 
 Files are read on the host with NumPy (this is where data enters the program); each batch is
 moved to the device once, by `batches`. Downloads are verified against the published MD5 before
@@ -10,6 +11,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,8 @@ FASHION_FILES = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d
 FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")     # required; `mean`, `std`, `classes` optional
+PAD_MODES = ("reflect", "zero")
 
 
 class DatasetError(RuntimeError):
@@ -176,20 +180,92 @@ def make_synthetic(num_train=2000, num_test=500, num_classes=10, image_shape=(3,
                    (0.5,) * channels, (0.25,) * channels, augment=False)
 
 
+def is_npz(name):
+    return str(name).lower().endswith(".npz")
+
+
+def _channels_first(images, path, key):
+    """uint8 images (N, C, H, W), (N, H, W, C) or (N, H, W) -> (N, C, H, W). The channel axis is
+    the shorter of axes 1 and 3 (channels are few, image sides are not)."""
+    if images.ndim == 3:
+        return images[:, None]                                   # (N, H, W) -> (N, 1, H, W)
+    if images.ndim != 4:
+        raise DatasetError(f"{path}: {key} must be images (N, C, H, W) or (N, H, W, C), got shape {images.shape}")
+    if images.shape[3] < images.shape[1]:
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))   # (N, H, W, C) -> (N, C, H, W)
+    return images
+
+
+def load_npz(path):
+    """The user's own data set: an .npz with train_x, train_y, test_x, test_y (uint8 images, integer
+    labels) and optionally mean, std (per channel, of x/255) and classes (names)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"data set file {path} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"{path} is not a readable .npz file ({err})") from None
+    try:
+        with archive:
+            missing = [k for k in NPZ_KEYS if k not in archive.files]
+            if missing:
+                raise DatasetError(f"{path} lacks {', '.join(missing)}: it needs the arrays {', '.join(NPZ_KEYS)}")
+            arrays = {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:   # object arrays, torn members
+        raise DatasetError(f"{path}: cannot read its arrays without pickle ({err})") from None
+    for key in ("train_x", "test_x"):
+        if arrays[key].dtype != np.uint8:
+            raise DatasetError(f"{path}: {key} must be uint8 images (0-255), got dtype {arrays[key].dtype}")
+        arrays[key] = _channels_first(arrays[key], path, key)
+    for key in ("train_y", "test_y"):
+        labels = arrays[key]
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DatasetError(f"{path}: {key} must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+        arrays[key] = labels.astype(np.int64)
+        x_key = key[:-1] + "x"
+        if len(labels) != len(arrays[x_key]):
+            raise DatasetError(f"{path}: {len(arrays[x_key])} images in {x_key} but {len(labels)} labels in {key}")
+    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        raise DatasetError(f"{path}: train images {arrays['train_x'].shape[1:]} and test images "
+                           f"{arrays['test_x'].shape[1:]} differ in shape")
+    if len(arrays["train_x"]) == 0 or len(arrays["test_x"]) == 0:
+        raise DatasetError(f"{path}: the training and the test set must not be empty")
+    highest = int(max(arrays["train_y"].max(), arrays["test_y"].max()))
+    num_classes = len(arrays["classes"]) if "classes" in arrays else highest + 1
+    if min(arrays["train_y"].min(), arrays["test_y"].min()) < 0 or highest >= num_classes:
+        raise DatasetError(f"{path}: labels must lie in [0, {num_classes}), found "
+                           f"{min(arrays['train_y'].min(), arrays['test_y'].min())}..{highest}")
+    channels = arrays["train_x"].shape[1]
+    if "mean" in arrays and "std" in arrays:
+        mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise DatasetError(f"{path}: mean and std need {channels} values each (std > 0), got {mean}, {std}")
+    else:      # per channel over the training images, in the units of normalise(): x / 255
+        scaled = arrays["train_x"].transpose(1, 0, 2, 3).reshape(channels, -1)    # (C, N*H*W)
+        mean = tuple(float(scaled[c].mean(dtype=np.float64)) / 255 for c in range(channels))
+        std = tuple(float(scaled[c].std(dtype=np.float64)) / 255 or 1.0 for c in range(channels))
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Dataset(name, arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
+                   num_classes, mean, std, augment=False)
+
+
 def load(name, data_dir=None, synthetic_shape=(3, 8, 8)):
-    """A Dataset by name; `synthetic_shape` sets the image shape of the synthetic set (e.g. 3x32x32
-    for the convolutional models)."""
+    """A Dataset by name, or from the user's .npz file; `synthetic_shape` sets the image shape of
+    the synthetic set (e.g. 3x32x32 for the convolutional models)."""
+    if is_npz(name):
+        return load_npz(name)
     if name in CIFAR:
         return load_cifar(name, data_dir)
     if name == "fashion-mnist":
         return load_fashion_mnist(data_dir)
     if name == "synthetic":
         return make_synthetic(image_shape=synthetic_shape)
-    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or a PATH.npz")
 
 
 def split_validation(x, y, fraction, seed):
-    """A fixed random `fraction` of the training set held out (no augmentation on it)."""
+    """A fixed random `fraction` of the training set held out (no augmentation on it); fraction 0
+    trains on everything (the reference's protocol) with an empty validation set."""
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = int(round(fraction * len(x)))
     return (x[order[n_val:]], y[order[n_val:]]), (x[order[:n_val]], y[order[:n_val]])
@@ -202,10 +278,18 @@ def normalise(images, mean, std):
     return (images.astype(np.float32) / np.float32(255) - mean) / std
 
 
-def augment(images, rng, pad=4):
-    """Random crop after zero-padding by `pad`, and random horizontal flip, for a whole batch."""
+def augment(images, rng, pad=4, pad_mode="reflect"):
+    """Random crop after padding by `pad`, and random horizontal flip, for a whole batch.
+
+    The ITOP reference pads by reflection (torchvision RandomCrop(32, 4, padding_mode='reflect'),
+    which is NumPy's 'reflect': the edge pixel is not repeated). Zero padding puts black borders
+    into the input distribution itself, which costs an MLP accuracy; it is kept as an option.
+    """
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {pad_mode!r} (choose from {', '.join(PAD_MODES)})")
     n, c, h, w = images.shape
-    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))                 # (N, C, H+2p, W+2p)
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                    mode="reflect" if pad_mode == "reflect" else "constant")           # (N, C, H+2p, W+2p)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2p+1, 2p+1, H, W)
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
     crops = windows[np.arange(n), :, dy, dx]                                          # (N, C, H, W)
@@ -214,12 +298,12 @@ def augment(images, rng, pad=4):
     return crops
 
 
-def batches(x, y, batch_size, mean, std, rng=None, train_augment=False):
-    """Yield (images, labels) on the device; shuffled and augmented when `rng` is given."""
+def batches(x, y, batch_size, mean, std, rng=None, train_augment=False, pad_mode="reflect"):
+    """Yield (images, labels) on the device; shuffled (and augmented if asked) when `rng` is given."""
     order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
     for start in range(0, len(x), batch_size):
         index = order[start:start + batch_size]
         images = x[index]
         if train_augment:
-            images = augment(images, rng)
+            images = augment(images, rng, pad_mode=pad_mode)
         yield B.to_device(normalise(images, mean, std)), B.to_device(y[index])

@@ -47,8 +47,9 @@ def read_jsonl(path):
 
 def format_epoch(row):
     """The line printed after each epoch."""
+    val = "" if row.get("val_acc") is None else f"  val {row['val_acc']:.4f}"
     test = "" if row.get("test_acc") is None else f" test {row['test_acc']:.4f}"
     return (f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}{test}  "
+            f"train {row['train_acc']:.4f}{val}{test}  "
             f"R_s {row['rs']:.4f} (reliable {row['rs_reliable']:.4f})  "
             f"{row['seconds']:.1f}s  {row['samples_per_s']:.0f} samples/s")

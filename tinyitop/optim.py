@@ -46,12 +46,17 @@ class SGD:
 
 
 class MultiStepLR:
-    """lr * gamma^(number of milestones passed); milestones are fractions of the total epochs."""
+    """lr * gamma^(number of milestones passed), the ITOP reference's schedule.
 
-    def __init__(self, base_lr, total_epochs, milestones=(0.5, 0.75), gamma=0.1):
+    Milestones are epochs int(f * E) * m for E epochs and multiplier m: truncate first, then
+    multiply, as the reference computes them (rounding f * E * m moves a drop in most cases, e.g.
+    E=250, m=5: 938 instead of 935).
+    """
+
+    def __init__(self, base_lr, epochs, multiplier=1, milestones=(0.5, 0.75), gamma=0.1):
         self.base_lr, self.gamma = base_lr, gamma
         # At least epoch 1: a one-epoch run must not start at the reduced rate.
-        self.milestone_epochs = [max(1, int(round(f * total_epochs))) for f in milestones]
+        self.milestone_epochs = [max(1, int(f * epochs) * multiplier) for f in milestones]
 
     def __call__(self, epoch):
         passed = sum(epoch >= e for e in self.milestone_epochs)

@@ -27,7 +27,8 @@ def training(run_dir, path=None):
     epochs = [r["epoch"] for r in rows]
     fig, (acc_ax, rs_ax, p_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     acc_ax.plot(epochs, [r["train_acc"] for r in rows], label="train")
-    acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation")
+    if any(r["val_acc"] is not None for r in rows):      # none with --val-fraction 0
+        acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation")
     acc_ax.plot(epochs, [r["test_acc"] for r in rows], label="test")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Learning curves")
     acc_ax.legend()

@@ -23,6 +23,7 @@ from tinyitop.train import Config
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
 CONFIG_FIELDS = set(Config.__dataclass_fields__)
+NEGATABLE = {"augment"}     # on/off settings whose False is a flag of its own (--no-augment)
 
 
 def load_config(path, full=False):
@@ -66,7 +67,7 @@ def train_command(settings, out):
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            args += [flag] if value else []
+            args += [flag] if value else (["--no-" + flag[2:]] if key in NEGATABLE else [])
         else:
             args += [flag, _text(value)]
     return args
@@ -83,9 +84,14 @@ def _run_one(args, out, threads):
     return code, time.perf_counter() - started
 
 
-def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False):
+def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False, dataset=None):
+    """Run (or only aggregate) a sweep; `dataset` replaces the preset's data set (e.g. the user's npz),
+    and the folder name then says which data the results are on."""
     spec, preset = load_config(config_path, full)
     folder = os.path.join(root, spec["name"] + ("-full" if full else ""))
+    if dataset is not None:
+        preset = {**preset, "base": {**preset.get("base", {}), "dataset": dataset}}
+        folder += "-" + os.path.splitext(os.path.basename(dataset))[0]
     runs = expand(preset)
     commands = [(run_id, label, settings, train_command(settings, os.path.join(folder, run_id)))
                 for run_id, label, settings in runs]

@@ -18,7 +18,7 @@ import numpy as np
 from tinyitop import backend as B
 from tinyitop import checkpoint
 from tinyitop.baselines import GradualPruner, magnitude_masks, snip_masks
-from tinyitop.data import DATASETS, batches, load, split_validation
+from tinyitop.data import DATASETS, PAD_MODES, batches, is_npz, load, split_validation
 from tinyitop.explore import Exploration
 from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
@@ -55,8 +55,10 @@ class Config:
     """One experiment. Defaults are the paper's MLP settings on CIFAR-10 (Liu et al. 2021)."""
     model: str = "mlp"
     hidden: tuple = (1024, 512)
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"        # a name from data.DATASETS or the path of the user's .npz
     data_dir: str = None
+    augment: bool = None            # crop + flip; None: on for CIFAR-10/100, off otherwise
+    pad_mode: str = "reflect"       # the crop's padding: reflect (the reference) or zero
     method: str = "set"
     growth: str = None              # None: random for set, gradient for rigl
     sparsity: float = 0.95
@@ -74,7 +76,7 @@ class Config:
     weight_decay: float = 5e-4
     seed: int = 0
     limit_train: int = None
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1       # 0: train on all training images, no best-epoch selection
     out: str = "runs/default"
     resume: bool = False
     progress: bool = True
@@ -94,8 +96,10 @@ class Config:
         problems = []
         if self.model not in MODEL_NAMES:
             problems.append(f"unknown model {self.model!r} (choose from {', '.join(MODEL_NAMES)})")
-        if self.dataset not in DATASETS:
-            problems.append(f"unknown dataset {self.dataset!r} (choose from {', '.join(DATASETS)})")
+        if self.dataset not in DATASETS and not is_npz(self.dataset):
+            problems.append(f"unknown dataset {self.dataset!r} (choose from {', '.join(DATASETS)} or a PATH.npz)")
+        if self.pad_mode not in PAD_MODES:
+            problems.append(f"unknown pad mode {self.pad_mode!r} (choose from {', '.join(PAD_MODES)})")
         if self.method not in METHODS:
             problems.append(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.init not in INIT_METHODS:
@@ -125,8 +129,8 @@ class Config:
             problems.append("need lr > 0, weight decay >= 0 and momentum in [0, 1)")
         if self.limit_train is not None and self.limit_train < 2:
             problems.append(f"limit_train must be >= 2, got {self.limit_train}")
-        if not 0 < self.val_fraction < 1:
-            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model == "mlp" and not self.hidden:
             problems.append("mlp needs at least one hidden layer size")
         if problems:
@@ -139,7 +143,7 @@ class Config:
 # Settings that must match for --resume to continue the same experiment.
 RESUME_KEYS = ("model", "hidden", "dataset", "method", "growth", "sparsity", "init", "dense_layers",
                "update_interval", "prune_rate", "epochs", "multiplier", "batch_size", "lr", "seed",
-               "limit_train", "stop_exploration_epoch", "fan_in_scaling")
+               "limit_train", "stop_exploration_epoch", "fan_in_scaling", "augment", "pad_mode", "val_fraction")
 
 
 def _dense_model(config, data):
@@ -260,7 +264,8 @@ def train(config, log=print, on_epoch_end=None):
         pruner = GradualPruner(model, optimizer, config.sparsity, config.init, int(GMP_START * total_steps),
                                int(GMP_END * total_steps), config.update_interval)
     flops = FlopCounter(model, data.image_shape)
-    lr_at = MultiStepLR(config.lr, config.total_epochs)
+    lr_at = MultiStepLR(config.lr, config.epochs, config.multiplier)
+    augment = data.augment if config.augment is None else config.augment
     data_rng = np.random.default_rng(config.seed)
     metrics, updates = JsonLines(os.path.join(config.out, "metrics.jsonl")), JsonLines(
         os.path.join(config.out, "updates.jsonl"))
@@ -300,7 +305,8 @@ def train(config, log=print, on_epoch_end=None):
         started = time.perf_counter()
         loss_sum, correct = 0.0, 0     # device accumulators
         last_rate = None
-        batch_iter = batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng, data.augment)
+        batch_iter = batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng, augment,
+                             config.pad_mode)
         for images, labels in _progress(batch_iter, steps_per_epoch, config.progress, f"epoch {epoch + 1}"):
             step += 1
             updater.prepare(step)
@@ -328,7 +334,7 @@ def train(config, log=print, on_epoch_end=None):
         val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, config.batch_size)
         seconds = time.perf_counter() - started
-        if val_acc > state["best_val_acc"]:
+        if val_acc is not None and val_acc > state["best_val_acc"]:
             state.update(best_val_acc=val_acc, best_epoch=epoch + 1, best_test_acc=test_acc)
         row = {"epoch": epoch + 1, "iteration": step, "lr": optimizer.lr,
                "prune_rate": last_rate if last_rate is not None else (
@@ -349,8 +355,10 @@ def train(config, log=print, on_epoch_end=None):
             on_epoch_end(epoch + 1)
 
     rows = metrics.read()
-    summary = {"best_epoch": state["best_epoch"], "best_val_acc": state["best_val_acc"],
+    no_val = state["best_epoch"] is None       # --val-fraction 0: nothing to select an epoch by
+    summary = {"best_epoch": state["best_epoch"], "best_val_acc": None if no_val else state["best_val_acc"],
                "test_acc_at_best_val": state["best_test_acc"], "last_test_acc": rows[-1]["test_acc"],
+               "best_test_acc": max(r["test_acc"] for r in rows),   # the reference's "best": chosen on test
                "final_rs": rows[-1]["rs"], "final_rs_reliable": rows[-1]["rs_reliable"],
                "final_train_acc": rows[-1]["train_acc"],
                # LTH also paid for training its dense twin: one dense budget on top.
@@ -359,7 +367,11 @@ def train(config, log=print, on_epoch_end=None):
                "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
     with open(os.path.join(config.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
-        f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
-        f"final R_s {summary['final_rs']:.4f}")
+    if no_val:
+        log(f"no validation set: last epoch test acc {summary['last_test_acc']:.4f}; best test acc over epochs "
+            f"{summary['best_test_acc']:.4f} (chosen on the test set, optimistic); final R_s {summary['final_rs']:.4f}")
+    else:
+        log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
+            f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
+            f"final R_s {summary['final_rs']:.4f}")
     return Run(summary, model, exploration, data)
