@@ -2,6 +2,7 @@
 import argparse
 import sys
 
+from tinyitop import backend as B
 from tinyitop.data import DATASETS, PAD_MODES, DatasetError, is_npz
 from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
@@ -68,7 +69,7 @@ def add_train_arguments(parser, defaults=Config()):
     a("--no-plots", action="store_true", help="skip the PNG figures at the end")
 
 
-def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError)):
+def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.BackendError)):
     """Run `action`; an expected error becomes one `error: ...` line on stderr and exit status 2."""
     try:
         action()
@@ -103,6 +104,8 @@ def run_and_plot(config, plots=True):
 
 
 def main(argv=None):
+    if _exit_status(B.resolve):      # a bad TINYITOP_BACKEND stops here, in one line
+        return 2
     parser = argparse.ArgumentParser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +141,8 @@ def main(argv=None):
 
 def demo_main(description, paper, quick, argv=None):
     """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
+    if _exit_status(B.resolve):
+        return 2
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")
     parser.add_argument("--dataset", type=dataset_arg, default=paper.dataset,

@@ -7,6 +7,8 @@ solved again. Positions are drawn *exactly* (round(density * numel) of them) wit
 """
 import math
 
+import numpy as np
+
 from tinyitop import backend as B
 
 INIT_METHODS = ("uniform", "er", "erk")
@@ -62,7 +64,9 @@ def sample_positions(numel, k, excluded=None, rng=None):
     """k distinct flat positions in [0, numel), uniformly, none in sorted `excluded`; sorted int64.
 
     Rejection sampling in vectorised rounds: memory in proportion to k, never to numel, unless
-    the allowed positions are few (then they are listed explicitly: at most ~4k of them).
+    the allowed positions are few (then they are listed explicitly: at most ~4k of them). Random
+    numbers come from the host generator (backend.rng) and are moved to the device; the set
+    arithmetic (membership, unique, sort) runs on the device.
     """
     xp = B.xp
     rng = rng or B.rng()
@@ -77,14 +81,14 @@ def sample_positions(numel, k, excluded=None, rng=None):
         if n_excluded:
             allowed[excluded] = False
         candidates = xp.nonzero(allowed)[0].astype(xp.int64)
-        return xp.sort(candidates[rng.permutation(candidates.size)[:k]])
+        return xp.sort(candidates[B.to_device(rng.permutation(candidates.size)[:k])])
     chosen = xp.zeros(0, dtype=xp.int64)
     while chosen.size < k:
         need = k - chosen.size
-        draws = rng.integers(0, numel, size=int(need * numel / available * 1.1) + 16, dtype=xp.int64)
+        draws = B.to_device(rng.integers(0, numel, size=int(need * numel / available * 1.1) + 16, dtype=np.int64))
         if n_excluded:
             draws = draws[~contains(excluded, draws)]
         chosen = xp.unique(xp.concatenate([chosen, draws]))
     if chosen.size > k:   # a uniform subset of a uniform set of distinct draws is still uniform
-        chosen = xp.sort(chosen[rng.permutation(chosen.size)[:k]])
+        chosen = xp.sort(chosen[B.to_device(rng.permutation(chosen.size)[:k])])
     return chosen

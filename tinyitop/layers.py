@@ -7,6 +7,8 @@ argument names follow PyTorch's defaults, so parameter counts and results are co
 """
 import math
 
+import numpy as np
+
 from tinyitop import backend as B
 from tinyitop.im2col import col2im, im2col, output_size
 
@@ -113,9 +115,10 @@ def check_input(layer, x, ndim, features=None, axis=1):
 
 
 def uniform(shape, bound, dtype=DEFAULT_DTYPE):
-    """U(-bound, bound) drawn from the backend generator (PyTorch's default init family)."""
-    dtype = B.xp.dtype(dtype)   # a dtype object, not a string, for CuPy's generator
-    return (B.rng().random(shape, dtype=dtype) * (2 * bound) - bound).astype(dtype)
+    """U(-bound, bound) (PyTorch's default init family), drawn on the host generator, then moved."""
+    dtype = np.dtype(dtype)
+    values = B.rng().random(shape, dtype=dtype) * (2 * bound) - bound
+    return B.to_device(values.astype(dtype))
 
 
 class Linear(Module):
