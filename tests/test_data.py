@@ -66,7 +66,8 @@ def test_corrupt_archive_is_detected_and_fetched_again(tmp_path, monkeypatch, ca
     monkeypatch.setattr(data.urllib.request, "urlopen", serve)
     ds = data.load("cifar10", str(tmp_path))
     assert served == [data.CIFAR["cifar10"]["url"]] and len(ds.train_x) == 20
-    assert "corrupt or incomplete" in capsys.readouterr().out
+    assert "corrupt, partial or another version" in capsys.readouterr().out
+    assert (tmp_path / "cifar-10-python.tar.gz.bad-md5").read_bytes() == good.read_bytes()[:100]   # kept, not deleted
 
 
 def test_corrupt_archive_without_network_is_an_error_not_a_load(tmp_path, monkeypatch, offline):

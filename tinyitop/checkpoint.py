@@ -4,12 +4,17 @@ It holds everything needed to continue a run exactly: weights (sparse ones as po
 BN statistics, optimizer state, explored sets, random generator states and the position in training.
 """
 import json
-import os
+import zipfile
 
 import numpy as np
 
 from tinyitop import backend as B
+from tinyitop.rundir import atomic_write
 from tinyitop.sparse import SparseWeight
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read: truncated, damaged, or not one of ours."""
 
 
 def save(path, model, optimizer, exploration, meta):
@@ -34,22 +39,21 @@ def save(path, model, optimizer, exploration, meta):
 
 
 def _atomic_savez(path, arrays):
-    """np.savez to a temporary file, fsync, then rename over `path` (atomic on POSIX)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path, model, optimizer, exploration):
     """Restore a state written by `save` into freshly built objects; returns the meta dict."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
-    with archive:
+        return _restore(path, model, optimizer, exploration)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:   # truncated, empty, random bytes
+        raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz) or was "
+                              f"not written for this model ({type(err).__name__}). Move it away and start "
+                              "again with --overwrite") from None
+
+
+def _restore(path, model, optimizer, exploration):
+    with np.load(path, allow_pickle=False) as archive:
         for name, param in model.named_parameters():
             if isinstance(param, SparseWeight):
                 positions = B.to_device(archive[f"sparse/{name}/positions"])

@@ -1,19 +1,26 @@
 """Command line: `python -m tinyitop train [options]` runs one experiment and draws its figures."""
 import argparse
+import shlex
 import sys
 
 from tinyitop import backend as B
 from tinyitop.data import DATASETS, PAD_MODES, DatasetError, is_npz
 from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
-from tinyitop.train import METHODS, MODEL_NAMES, Config, TrainingDiverged, train
+from tinyitop.train import METHODS, MODEL_NAMES, Config, TrainingDiverged, TrainingInterrupted, train
+
+INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
 
 def _int_list(text):
+    """'1024,512' -> (1024, 512); empty entries ('10,,20') and sizes < 1 are errors, not skipped."""
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    return values
 
 
 def dataset_arg(text):
@@ -64,19 +71,35 @@ def add_train_arguments(parser, defaults=Config()):
       help="training images held out to pick the best epoch; 0 trains on all (the reference's protocol) "
            "and reports last and best test accuracy (default: %(default)s)")
     a("--out", default=d.out, help="output folder for metrics, checkpoint, figures (default: %(default)s)")
-    a("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    a("--resume", action="store_true", help="continue from OUT/checkpoint.npz (the same settings only)")
+    a("--overwrite", action="store_true", help="replace the run already in OUT (without it, a fresh run refuses)")
     a("--no-progress", action="store_true", help="no progress bar within epochs")
     a("--no-plots", action="store_true", help="skip the PNG figures at the end")
 
 
-def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.BackendError)):
-    """Run `action`; an expected error becomes one `error: ...` line on stderr and exit status 2."""
+def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.BackendError, OSError),
+                 resume_command=None):
+    """Run `action`; an expected error becomes one `error: ...` line on stderr and exit status 2,
+    Ctrl-C one line saying what is safe and how to continue, and exit status 130."""
     try:
         action()
+    except TrainingInterrupted as err:
+        how = f"; continue with: {resume_command}" if resume_command and err.checkpoint_epoch else ""
+        print(f"{err}{how}", file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt as err:
+        print(str(err) or "interrupted", file=sys.stderr)
+        return INTERRUPTED
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _resume_command(prefix, argv):
+    """The command line that continues this run: the same arguments, plus --resume."""
+    argv = [a for a in argv if a != "--overwrite"]
+    return shlex.join(prefix + argv + ([] if "--resume" in argv else ["--resume"]))
 
 
 def config_from_args(args):
@@ -87,7 +110,7 @@ def config_from_args(args):
                   stop_exploration_epoch=args.stop_exploration_epoch, epochs=args.epochs,
                   multiplier=args.multiplier, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                   weight_decay=args.weight_decay, seed=args.seed, limit_train=args.limit_train, out=args.out,
-                  resume=args.resume, progress=not args.no_progress)
+                  resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
 
 
 def run_and_plot(config, plots=True):
@@ -128,15 +151,18 @@ def main(argv=None):
     pack_parser.add_argument("--normalise-as", choices=("cifar10", "cifar100"), default=None,
                              help="store that data set's reference mean/std (default: computed from the images)")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     if args.command == "sweep":
-        from tinyitop.sweep import run as run_sweep
-        return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers,
-                                              args.print_commands, args.aggregate, args.dataset),
-                            (ValueError, OSError, KeyError))
+        from tinyitop.sweep import SweepFailed, run as run_sweep
+        again = shlex.join(["python", "-m", "tinyitop"] + argv)
+        return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers, args.print_commands,
+                                              args.aggregate, args.dataset, again),
+                            (ValueError, OSError, SweepFailed))
     if args.command == "pack-images":
         from tinyitop.pack_images import pack
         return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as), (DatasetError, OSError))
-    return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots))
+    return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots),
+                        resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
 
 
 def demo_main(description, paper, quick, argv=None):
@@ -150,8 +176,12 @@ def demo_main(description, paper, quick, argv=None):
     parser.add_argument("--data-dir", default=None, help="download/cache folder (default: ~/.cache/tinyitop)")
     parser.add_argument("--out", default=paper.out, help="output folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
-                "data_dir": args.data_dir, "out": args.out, "resume": args.resume, "progress": not args.no_progress}
-    return _exit_status(lambda: run_and_plot(Config(**settings)))
+                "data_dir": args.data_dir, "out": args.out, "resume": args.resume, "overwrite": args.overwrite,
+                "progress": not args.no_progress}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return _exit_status(lambda: run_and_plot(Config(**settings)),
+                        resume_command=_resume_command(["python", sys.argv[0]], argv))

@@ -12,6 +12,7 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,13 +83,28 @@ def md5sum(path):
     return digest.hexdigest()
 
 
+def _move_aside(path):
+    """A file that is not the expected one is renamed, never deleted: it may be the user's only copy."""
+    aside = path + ".bad-md5"
+    number = 1
+    while os.path.exists(aside):
+        number += 1
+        aside = f"{path}.bad-md5.{number}"
+    os.replace(path, aside)
+    return aside
+
+
 def fetch(url, path, md5):
     """Make sure `path` holds the file with this MD5: reuse it, or download (twice at most)."""
+    kept = ""
     if os.path.exists(path):
-        if md5sum(path) == md5:
+        found = md5sum(path)
+        if found == md5:
             return path
-        print(f"{path} is corrupt or incomplete (MD5 mismatch): downloading it again")
-        os.remove(path)
+        aside = _move_aside(path)
+        kept = f" The file that was at {path} (MD5 {found}, expected {md5}) is kept as {aside}."
+        print(f"{path} has MD5 {found}, not the expected {md5} (corrupt, partial or another version): "
+              f"moved it to {aside}; downloading the file again")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     for attempt in (1, 2):
         partial = path + ".part"
@@ -101,7 +117,7 @@ def fetch(url, path, md5):
             if os.path.exists(partial):
                 os.remove(partial)
             raise DatasetError(f"could not download {url} ({err}). Download it by hand on a machine with "
-                               f"internet access and place it at {path} (MD5 {md5}).") from err
+                               f"internet access and place it at {path} (MD5 {md5}).{kept}") from None
         if md5sum(partial) == md5:
             os.replace(partial, path)   # only a verified file ever gets the final name
             return path
@@ -136,8 +152,9 @@ def read_idx(path):
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
-        raise DatasetError(f"{path} is not a readable IDX file: {err}") from err
+    except (OSError, EOFError, zlib.error) as err:       # zlib.error: a damaged byte inside the gzip stream
+        raise DatasetError(f"{path} is not a readable IDX file ({type(err).__name__}: {err}): "
+                           f"replace it with a good copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DatasetError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
@@ -150,8 +167,9 @@ def read_idx(path):
 
 
 def load_fashion_mnist(data_dir=None):
-    """From Debian's package when installed, else downloaded (and MD5-checked) into data_dir."""
-    if all(os.path.exists(os.path.join(FASHION_SYSTEM_DIR, f)) for f in FASHION_FILES):
+    """From data_dir when one is given (MD5-checked, downloaded if missing), else from Debian's
+    package when installed, else downloaded into the default cache folder."""
+    if data_dir is None and all(os.path.exists(os.path.join(FASHION_SYSTEM_DIR, f)) for f in FASHION_FILES):
         paths = {f: os.path.join(FASHION_SYSTEM_DIR, f) for f in FASHION_FILES}
     else:
         folder = os.path.join(data_dir or default_data_dir(), "fashion-mnist")

@@ -24,6 +24,9 @@ def layer_densities(shapes, density, method="erk"):
         raise ValueError(f"unknown init {method!r}: choose one of {', '.join(INIT_METHODS)}")
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if not shapes:
+        raise ValueError("no layer is left to be sparse (every one is in dense_layers): use method 'dense', "
+                         "or keep fewer layers dense")
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
     if method == "uniform" or density == 1:
         return {name: density for name in shapes}

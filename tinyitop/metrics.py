@@ -26,19 +26,32 @@ class JsonLines:
             f.flush()
             os.fsync(f.fileno())
 
-    def read(self):
+    def read(self, drop_torn_last=False, log=print):
+        """The rows. A line that is not JSON is an error naming the file and line, except a torn last
+        line (a crash mid-write) when `drop_torn_last`: it is dropped with a warning."""
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            lines = f.readlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if drop_torn_last and number == len(lines):
+                    log(f"warning: dropped the torn last line of {self.path} (written when a run was killed)")
+                    break
+                raise ValueError(f"{self.path} line {number} is not valid JSON ({err.msg}); "
+                                 f"remove that line, or use --overwrite to start the run again") from None
+        return rows
 
-    def truncate(self, keep):
+    def truncate(self, keep, log=print):
         """Keep only rows for which keep(row) is true (on resume: drop rows after the checkpoint)."""
-        rows = [row for row in self.read() if keep(row)]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp, self.path)
+        from tinyitop.rundir import atomic_write
+        rows = [row for row in self.read(drop_torn_last=True, log=log) if keep(row)]
+        atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
 
 
 def read_jsonl(path):

@@ -26,6 +26,9 @@ def mlp(in_features, hidden=(1024, 512), num_classes=10, sparsity=None, init="er
     """
     sizes = [in_features, *hidden, num_classes]
     shapes = {f"fc{i + 1}": (sizes[i + 1], sizes[i]) for i in range(len(sizes) - 1)}
+    unknown = set(dense_layers) - set(shapes)
+    if unknown:
+        raise ValueError(f"dense_layers names no layer of this model: {sorted(unknown)} (its layers: {', '.join(shapes)})")
     densities = {}
     if sparsity is not None:
         check_sparsity(sparsity)

@@ -14,8 +14,10 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tinyitop.train import Config
@@ -26,10 +28,33 @@ CONFIG_FIELDS = set(Config.__dataclass_fields__)
 NEGATABLE = {"augment"}     # on/off settings whose False is a flag of its own (--no-augment)
 
 
+class SweepFailed(RuntimeError):
+    """Some runs of the sweep failed (their points are marked in results.md)."""
+
+
 def load_config(path, full=False):
-    with open(path) as f:
-        spec = json.load(f)
-    preset = spec["full"] if full else spec["reduced"]
+    """The sweep spec and its preset ('reduced', or 'full'), checked: every problem names the file."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    section = "full" if full else "reduced"
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError(f"{path}: a sweep config is a JSON object with a \"name\" and a \"{section}\" section")
+    if section not in spec:
+        raise ValueError(f"{path} has no \"{section}\" section" + (" (it has no --full settings)" if full else ""))
+    preset = spec[section]
+    if not isinstance(preset, dict):
+        raise ValueError(f"{path}: \"{section}\" must be a JSON object, got {type(preset).__name__}")
+    for key, kind in (("base", dict), ("grid", dict), ("variants", list)):
+        if not isinstance(preset.get(key, kind()), kind):
+            raise ValueError(f"{path}: \"{section}.{key}\" must be a JSON {'object' if kind is dict else 'list'}, "
+                             f"got {type(preset[key]).__name__}")
+    if any(not isinstance(v, list) or not v for v in preset.get("grid", {}).values()):
+        raise ValueError(f"{path}: every \"{section}.grid\" entry must be a non-empty list of values")
+    if any(not isinstance(v, dict) for v in preset.get("variants", [])):
+        raise ValueError(f"{path}: \"{section}.variants\" must be a list of objects")
     unknown = set(preset.get("base", {})) | set(preset.get("grid", {}))
     for variant in preset.get("variants", [{}]):
         unknown |= set(variant) - {"label"}
@@ -73,20 +98,52 @@ def train_command(settings, out):
     return args
 
 
-def _run_one(args, out, threads):
-    os.makedirs(out, exist_ok=True)
-    env = dict(os.environ)
-    if threads == 1:   # one process per core: no BLAS or gather threads inside
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYITOP_THREADS="1")
-    started = time.perf_counter()
-    with open(os.path.join(out, "log.txt"), "a") as log:
-        code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return code, time.perf_counter() - started
+class _Workers:
+    """Runs train commands as child processes; `stop()` (Ctrl-C) starts no new run and stops the
+    running ones with SIGINT, so each keeps its last checkpoint and the sweep resumes later."""
+
+    def __init__(self, threads):
+        self.threads, self.stopping, self.running = threads, threading.Event(), set()
+        self._lock = threading.Lock()
+
+    def run(self, args, out):
+        if self.stopping.is_set():
+            return None, 0.0
+        os.makedirs(out, exist_ok=True)
+        env = dict(os.environ)
+        if self.threads == 1:   # one process per core: no BLAS or gather threads inside
+            env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYITOP_THREADS="1")
+        started = time.perf_counter()
+        with open(os.path.join(out, "log.txt"), "a") as log:
+            with self._lock:
+                if self.stopping.is_set():
+                    return None, 0.0
+                process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+                self.running.add(process)
+            code = process.wait()
+            with self._lock:
+                self.running.discard(process)
+        return code, time.perf_counter() - started
+
+    def stop(self):
+        with self._lock:
+            self.stopping.set()
+            processes = list(self.running)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
-def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False, dataset=None):
+def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False, dataset=None,
+        continue_command=None):
     """Run (or only aggregate) a sweep; `dataset` replaces the preset's data set (e.g. the user's npz),
-    and the folder name then says which data the results are on."""
+    and the folder name then says which data the results are on. Raises SweepFailed if runs failed,
+    KeyboardInterrupt (saying how to continue, `continue_command`) on Ctrl-C."""
     spec, preset = load_config(config_path, full)
     folder = os.path.join(root, spec["name"] + ("-full" if full else ""))
     if dataset is not None:
@@ -99,20 +156,45 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
         for *_, args in commands:
             print(shlex.join(["python"] + args[1:]))   # portable: the scheduler's python
         return None
+    failed = {}
     if not aggregate_only:
-        todo = [c for c in commands if not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
-        workers = workers or min(2, os.cpu_count() or 1)
-        print(f"{spec['name']}: {len(commands)} runs, {len(commands) - len(todo)} already finished, "
-              f"{workers} worker(s); logs in {folder}/RUN/log.txt")
-        threads = 1 if workers > 1 else None
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = {pool.submit(_run_one, args, os.path.join(folder, run_id), threads): run_id
-                       for run_id, _, _, args in todo}
-            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                code, seconds = future.result()
-                status = "ok" if code == 0 else f"FAILED (exit {code}, see log.txt)"
-                print(f"[{done}/{len(todo)}] {futures[future]}: {status} in {seconds:.0f} s", flush=True)
-    return aggregate(spec, folder, commands)
+        failed = _run_all(spec, folder, commands, workers, continue_command)
+    rows = aggregate(spec, folder, commands, failed)
+    if failed:
+        listing = "; ".join(f"{run_id} (log: {os.path.join(folder, run_id, 'log.txt')})" for run_id in failed)
+        raise SweepFailed(f"{len(failed)} of {len(commands)} runs failed: {listing}. Their points are missing "
+                          f"from the results (marked in results.md); rerun the sweep to retry them")
+    return rows
+
+
+def _run_all(spec, folder, commands, workers, continue_command=None):
+    """Run the unfinished runs in parallel; returns {run_id: exit status} of those that failed."""
+    todo = [c for c in commands if not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
+    workers = workers or min(2, os.cpu_count() or 1)
+    print(f"{spec['name']}: {len(commands)} runs, {len(commands) - len(todo)} already finished, "
+          f"{workers} worker(s); logs in {folder}/RUN/log.txt", flush=True)
+    runner = _Workers(1 if workers > 1 else None)
+    failed = {}
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
+        futures = {pool.submit(runner.run, args, os.path.join(folder, run_id)): run_id
+                   for run_id, _, _, args in todo}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            code, seconds = future.result()
+            run_id = futures[future]
+            if code != 0:
+                failed[run_id] = code
+            status = "ok" if code == 0 else f"FAILED (exit {code}, see {os.path.join(folder, run_id, 'log.txt')})"
+            print(f"[{done}/{len(todo)}] {run_id}: {status} in {seconds:.0f} s", flush=True)
+    except KeyboardInterrupt:
+        runner.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        finished = sum(os.path.exists(os.path.join(folder, c[0], "summary.json")) for c in commands)
+        how = continue_command or "the same sweep command"
+        raise KeyboardInterrupt(f"sweep interrupted: {finished} of {len(commands)} runs finished; running ones "
+                                f"kept their last checkpoint. Continue with: {how}") from None
+    pool.shutdown(wait=True)
+    return failed
 
 
 def _mean_std(values):
@@ -124,8 +206,10 @@ def _mean_std(values):
     return mean, std
 
 
-def aggregate(spec, folder, commands):
-    """Group runs that differ only by seed; write results.csv, results.md and results.png."""
+def aggregate(spec, folder, commands, failed=None):
+    """Group runs that differ only by seed; write results.csv, results.md and results.png.
+    Failed runs ({run_id: exit status}) are listed under the table and named on the figure."""
+    failed = failed or {}
     varied = _varied(commands) - {"seed"}
     groups = {}
     for run_id, label, settings, _ in commands:
@@ -154,11 +238,17 @@ def aggregate(spec, folder, commands):
         writer.writeheader()
         writer.writerows(rows)
     table = markdown_table(rows)
+    if failed:
+        table += (f"\n**{len(failed)} failed run(s), missing from the table above:** " +
+                  ", ".join(f"`{run_id}` (exit {code}, {run_id}/log.txt)" for run_id, code in failed.items()) + "\n")
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(table)
     if spec.get("plot"):
         from tinyitop.plots import sweep_figure
-        sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), spec.get("title", spec["name"]))
+        title = spec.get("title", spec["name"])
+        if failed:
+            title += f"\n({len(failed)} failed run(s) missing: {', '.join(failed)})"
+        sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
     print(table)
     print(f"wrote {folder}/results.csv, results.md" + (", results.png" if spec.get("plot") else ""))
     return rows

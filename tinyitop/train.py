@@ -8,7 +8,6 @@ rigl (Evci et al. 2020), and the baselines of `baselines.py`: gmp, snip, snip-se
 `train(Config(...))` runs one experiment and returns its summary.
 """
 import dataclasses
-import json
 import math
 import os
 import time
@@ -26,6 +25,7 @@ from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
 from tinyitop.metrics import JsonLines, format_epoch
 from tinyitop.models import MODELS, mlp, sparsify
 from tinyitop.optim import SGD, MultiStepLR
+from tinyitop.rundir import RunFolder, write_json
 from tinyitop.topology import GROWTH_MODES, TopologyUpdater, prune_rate, sparse_layers
 
 METHODS = ("dense", "static", "set", "rigl", "gmp", "snip", "snip-set", "lth", "lth-set")
@@ -48,6 +48,15 @@ class Run:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: `checkpoint_epoch` epochs are safe in `checkpoint` (None: none yet)."""
+
+    def __init__(self, checkpoint, checkpoint_epoch):
+        super().__init__(f"interrupted; the last checkpoint is {checkpoint} (after epoch {checkpoint_epoch})"
+                         if checkpoint_epoch else "interrupted before the first checkpoint")
+        self.checkpoint, self.checkpoint_epoch = checkpoint, checkpoint_epoch
 
 
 @dataclasses.dataclass
@@ -79,6 +88,7 @@ class Config:
     val_fraction: float = 0.1       # 0: train on all training images, no best-epoch selection
     out: str = "runs/default"
     resume: bool = False
+    overwrite: bool = False         # a fresh run may replace the run already in `out`
     progress: bool = True
 
     def __post_init__(self):
@@ -125,7 +135,11 @@ class Config:
         for name in ("epochs", "multiplier", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+        numbers = {k: getattr(self, k) for k in ("lr", "momentum", "weight_decay", "sparsity", "prune_rate")}
+        not_finite = [f"{k} = {v}" for k, v in numbers.items() if not math.isfinite(v)]
+        if not_finite:
+            problems.append(f"settings must be finite numbers: {', '.join(not_finite)}")
+        elif self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             problems.append("need lr > 0, weight decay >= 0 and momentum in [0, 1)")
         if self.limit_train is not None and self.limit_train < 2:
             problems.append(f"limit_train must be >= 2, got {self.limit_train}")
@@ -133,6 +147,8 @@ class Config:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model == "mlp" and not self.hidden:
             problems.append("mlp needs at least one hidden layer size")
+        if any(h < 1 for h in self.hidden):
+            problems.append(f"hidden layer sizes must be >= 1, got {list(self.hidden)}")
         if problems:
             raise ValueError("bad options:\n  - " + "\n  - ".join(problems))
 
@@ -140,10 +156,9 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-# Settings that must match for --resume to continue the same experiment.
-RESUME_KEYS = ("model", "hidden", "dataset", "method", "growth", "sparsity", "init", "dense_layers",
-               "update_interval", "prune_rate", "epochs", "multiplier", "batch_size", "lr", "seed",
-               "limit_train", "stop_exploration_epoch", "fan_in_scaling", "augment", "pad_mode", "val_fraction")
+# --resume continues the same experiment: every setting must match the checkpoint's, except these,
+# which change where and how a run is shown, not what it computes.
+RESUME_FREE = ("data_dir", "out", "resume", "overwrite", "progress")
 
 
 def _dense_model(config, data):
@@ -228,26 +243,79 @@ def _progress(iterable, total, enabled, description):
     return tqdm(iterable, total=total, desc=description, leave=False, unit="batch")
 
 
-def _check_finite(loss, epoch, ckpt_path):
+def _check_finite(loss, epoch, state, folder):
     if not math.isfinite(loss):
-        raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}; lower --lr. "
-                               f"The last good checkpoint is {ckpt_path}")
+        kept = (f"the last good checkpoint, {folder.checkpoint} (after epoch {state['epoch']}), is kept"
+                if state["epoch"] else "no checkpoint was written yet")
+        raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}: training diverged; {kept}. "
+                               f"Start again with a lower --lr and --overwrite (or another --out): "
+                               f"--resume continues only the same settings")
+
+
+def _resume(folder, config, model, optimizer, exploration, flops, data_rng, metrics, updates, log):
+    """Restore everything from the checkpoint; returns the loop's state. Refuses other settings."""
+    meta = checkpoint.load(folder.checkpoint, model, optimizer, exploration)
+    saved, now = meta["config"], config.to_json()
+    changed = [f"{k} ({saved.get(k)} -> {now[k]})" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"--resume: {folder.checkpoint} was made with other settings: {', '.join(changed)}. "
+                         f"Resume with the same settings, or start again with --overwrite")
+    state = meta["state"]
+    B.set_rng_state(meta["backend_rng"])
+    flops.refresh()
+    flops.train_flops, flops.dense_train_flops = state["train_flops"], state["dense_train_flops"]
+    data_rng.bit_generator.state = meta["data_rng"]
+    metrics.truncate(lambda row: row["epoch"] <= state["epoch"], log)
+    updates.truncate(lambda row: row["iteration"] <= state["step"], log)
+    log(f"resumed from {folder.checkpoint} after epoch {state['epoch']} (iteration {state['step']})")
+    return state
+
+
+def _summarise(config, state, metrics, step, log):
+    """summary.json (written atomically) from the logged epochs; returns it."""
+    rows = metrics.read()
+    no_val = state["best_epoch"] is None       # --val-fraction 0: nothing to select an epoch by
+    summary = {"best_epoch": state["best_epoch"], "best_val_acc": None if no_val else state["best_val_acc"],
+               "test_acc_at_best_val": state["best_test_acc"], "last_test_acc": rows[-1]["test_acc"],
+               "best_test_acc": max(r["test_acc"] for r in rows),   # the reference's "best": chosen on test
+               "final_rs": rows[-1]["rs"], "final_rs_reliable": rows[-1]["rs_reliable"],
+               "final_train_acc": rows[-1]["train_acc"],
+               # LTH also paid for training its dense twin: one dense budget on top.
+               "train_flops_rel": rows[-1]["train_flops_rel"] + (1.0 if config.method.startswith("lth") else 0.0),
+               "test_flops_rel": rows[-1]["test_flops_rel"],
+               "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
+    write_json(os.path.join(config.out, "summary.json"), summary)
+    if no_val:
+        log(f"no validation set: last epoch test acc {summary['last_test_acc']:.4f}; best test acc over epochs "
+            f"{summary['best_test_acc']:.4f} (chosen on the test set, optimistic); final R_s {summary['final_rs']:.4f}")
+    else:
+        log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
+            f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
+            f"final R_s {summary['final_rs']:.4f}")
+    return summary
 
 
 def train(config, log=print, on_epoch_end=None):
     """Run one experiment; returns a Run (its summary is also written to OUT/summary.json)."""
     config.validate()
-    os.makedirs(config.out, exist_ok=True)
+    folder = RunFolder(config.out)
+    try:
+        resuming = folder.open(config.resume, config.overwrite, log)
+        return _train(config, folder, resuming, log, on_epoch_end)
+    finally:
+        folder.close()        # releases the lock on OUT
+
+
+def _train(config, folder, resuming, log, on_epoch_end):
     B.seed(config.seed)
     data = load(config.dataset, config.data_dir, synthetic_shape=(3, 8, 8) if config.model == "mlp" else (3, 32, 32))
     (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, config.val_fraction,
                                                           config.seed)
     if config.limit_train is not None:
         train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
-    resuming = config.resume and os.path.exists(os.path.join(config.out, "checkpoint.npz"))
     model = build_model(config, data, train_x, train_y, log)
     if config.method == "dense" and not resuming:
-        checkpoint.save_parameters(os.path.join(config.out, "init.npz"), model)   # for LTH's rewind
+        checkpoint.save_parameters(folder.path("init.npz"), model)   # for LTH's rewind
     B.seed(config.seed + 1)   # growth draws do not depend on how many draws building the model took
     optimizer = SGD(model.named_parameters(), lr=config.lr, momentum=config.momentum,
                     nesterov=config.momentum > 0, weight_decay=config.weight_decay)
@@ -267,111 +335,80 @@ def train(config, log=print, on_epoch_end=None):
     lr_at = MultiStepLR(config.lr, config.epochs, config.multiplier)
     augment = data.augment if config.augment is None else config.augment
     data_rng = np.random.default_rng(config.seed)
-    metrics, updates = JsonLines(os.path.join(config.out, "metrics.jsonl")), JsonLines(
-        os.path.join(config.out, "updates.jsonl"))
-    ckpt_path = os.path.join(config.out, "checkpoint.npz")
-
+    metrics, updates = JsonLines(folder.path("metrics.jsonl")), JsonLines(folder.path("updates.jsonl"))
     state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None,
              "train_flops": 0.0, "dense_train_flops": 0.0}
     if resuming:
-        meta = checkpoint.load(ckpt_path, model, optimizer, exploration)
-        saved = meta["config"]
-        changed = [k for k in RESUME_KEYS if saved.get(k) != config.to_json().get(k)]
-        if changed:
-            raise ValueError(f"--resume: {ckpt_path} was made with other settings: {', '.join(changed)}")
-        state = meta["state"]
-        B.set_rng_state(meta["backend_rng"])
-        flops.refresh()
-        flops.train_flops, flops.dense_train_flops = state["train_flops"], state["dense_train_flops"]
-        data_rng.bit_generator.state = meta["data_rng"]
-        metrics.truncate(lambda row: row["epoch"] <= state["epoch"])
-        updates.truncate(lambda row: row["iteration"] <= state["step"])
-        log(f"resumed from {ckpt_path} after epoch {state['epoch']} (iteration {state['step']})")
-    else:
-        if config.resume:
-            log(f"--resume: no checkpoint in {config.out}, starting from scratch")
-        metrics.truncate(lambda row: False)     # a fresh run starts fresh logs
-        updates.truncate(lambda row: False)
+        state = _resume(folder, config, model, optimizer, exploration, flops, data_rng, metrics, updates, log)
 
     log(B.describe())
     log(f"{config.model} on {data.name}: {len(train_x)} train / {len(val_x)} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
         f"R_s at start {exploration.rs():.4f}")
+    if (config.method in EXPLORING or pruner) and config.update_interval > total_steps:
+        log(f"warning: Delta T = {config.update_interval} iterations is more than this run's {total_steps}: "
+            f"no topology update will happen, so nothing is explored. Lower --update-interval")
 
     loss_fn = SoftmaxCrossEntropy()
     step = state["step"]
-    for epoch in range(state["epoch"], config.total_epochs):
-        optimizer.lr = lr_at(epoch)
-        started = time.perf_counter()
-        loss_sum, correct = 0.0, 0     # device accumulators
-        last_rate = None
-        batch_iter = batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng, augment,
-                             config.pad_mode)
-        for images, labels in _progress(batch_iter, steps_per_epoch, config.progress, f"epoch {epoch + 1}"):
-            step += 1
-            updater.prepare(step)
-            logits = model.forward(images)                          # forward
-            loss = loss_fn.forward(logits, labels)                  # loss
-            model.backward(loss_fn.backward())                      # backward
-            optimizer.step()                                        # optimizer step
-            flops.step(labels.shape[0], [n for n, l in updater.layers.items() if l.keep_dense_grad])
-            rate = updater.maybe_update(step)                       # topology update every Delta T
-            if pruner is not None and pruner.maybe_prune(step):     # GMP: remove weights, never grow
-                flops.refresh()
-            if rate is not None:                                    # explored sets grew: log R_s
-                last_rate = rate
-                flops.refresh()
-                updates.append({"iteration": step, "epoch": epoch + 1, "prune_rate": rate,
-                                "rs": exploration.rs(), "rs_reliable": exploration.rs_reliable(),
-                                "rs_per_layer": exploration.rs_per_layer()})
-            loss_sum = loss_sum + loss * labels.shape[0]
-            correct = correct + accuracy_count(logits, labels)
-            if step % FINITE_CHECK_EVERY == 0:
-                _check_finite(B.scalar(loss_sum), epoch, ckpt_path)    # sync point every 50 iterations
-        train_loss = B.scalar(loss_sum) / len(train_x)             # sync point: once per epoch
-        _check_finite(train_loss, epoch, ckpt_path)
-        train_acc = B.scalar(correct) / len(train_x)
-        val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, config.batch_size)
-        seconds = time.perf_counter() - started
-        if val_acc is not None and val_acc > state["best_val_acc"]:
-            state.update(best_val_acc=val_acc, best_epoch=epoch + 1, best_test_acc=test_acc)
-        row = {"epoch": epoch + 1, "iteration": step, "lr": optimizer.lr,
-               "prune_rate": last_rate if last_rate is not None else (
-                   prune_rate(step, total_steps, config.prune_rate) if config.method in EXPLORING else 0.0),
-               "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-               "test_loss": test_loss, "test_acc": test_acc, "rs": exploration.rs(),
-               "train_flops_rel": flops.train_relative(), "test_flops_rel": flops.test_relative(),
-               "rs_reliable": exploration.rs_reliable(), **layer_stats(model, exploration),
-               "seconds": seconds, "samples_per_s": len(train_x) / seconds}
-        metrics.append(row)
-        log(format_epoch(row))
-        state.update(epoch=epoch + 1, step=step, train_flops=flops.train_flops,
-                     dense_train_flops=flops.dense_train_flops)
-        checkpoint.save(ckpt_path, model, optimizer, exploration,
-                        {"config": config.to_json(), "state": state, "backend_rng": B.rng_state(),
-                         "data_rng": data_rng.bit_generator.state})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+    try:
+        for epoch in range(state["epoch"], config.total_epochs):
+            optimizer.lr = lr_at(epoch)
+            started = time.perf_counter()
+            loss_sum, correct = 0.0, 0     # device accumulators
+            last_rate = None
+            batch_iter = batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng, augment,
+                                 config.pad_mode)
+            for images, labels in _progress(batch_iter, steps_per_epoch, config.progress, f"epoch {epoch + 1}"):
+                step += 1
+                updater.prepare(step)
+                logits = model.forward(images)                          # forward
+                loss = loss_fn.forward(logits, labels)                  # loss
+                model.backward(loss_fn.backward())                      # backward
+                optimizer.step()                                        # optimizer step
+                flops.step(labels.shape[0], [n for n, l in updater.layers.items() if l.keep_dense_grad])
+                rate = updater.maybe_update(step)                       # topology update every Delta T
+                if pruner is not None and pruner.maybe_prune(step):     # GMP: remove weights, never grow
+                    flops.refresh()
+                if rate is not None:                                    # explored sets grew: log R_s
+                    last_rate = rate
+                    flops.refresh()
+                    updates.append({"iteration": step, "epoch": epoch + 1, "prune_rate": rate,
+                                    "rs": exploration.rs(), "rs_reliable": exploration.rs_reliable(),
+                                    "rs_per_layer": exploration.rs_per_layer()})
+                loss_sum = loss_sum + loss * labels.shape[0]
+                correct = correct + accuracy_count(logits, labels)
+                if step % FINITE_CHECK_EVERY == 0:
+                    _check_finite(B.scalar(loss_sum), epoch, state, folder)   # sync point every 50 iterations
+            train_loss = B.scalar(loss_sum) / len(train_x)             # sync point: once per epoch
+            _check_finite(train_loss, epoch, state, folder)
+            train_acc = B.scalar(correct) / len(train_x)
+            val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
+            test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, config.batch_size)
+            seconds = time.perf_counter() - started
+            if val_acc is not None and val_acc > state["best_val_acc"]:
+                state.update(best_val_acc=val_acc, best_epoch=epoch + 1, best_test_acc=test_acc)
+            row = {"epoch": epoch + 1, "iteration": step, "lr": optimizer.lr,
+                   "prune_rate": last_rate if last_rate is not None else (
+                       prune_rate(step, total_steps, config.prune_rate) if config.method in EXPLORING else 0.0),
+                   "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                   "test_loss": test_loss, "test_acc": test_acc, "rs": exploration.rs(),
+                   "train_flops_rel": flops.train_relative(), "test_flops_rel": flops.test_relative(),
+                   "rs_reliable": exploration.rs_reliable(), **layer_stats(model, exploration),
+                   "seconds": seconds, "samples_per_s": len(train_x) / seconds}
+            metrics.append(row)
+            log(format_epoch(row))
+            checkpoint.save(folder.checkpoint, model, optimizer, exploration,
+                            {"config": config.to_json(),
+                             "state": {**state, "epoch": epoch + 1, "step": step, "train_flops": flops.train_flops,
+                                       "dense_train_flops": flops.dense_train_flops},
+                             "backend_rng": B.rng_state(), "data_rng": data_rng.bit_generator.state})
+            state.update(epoch=epoch + 1, step=step, train_flops=flops.train_flops,
+                         dense_train_flops=flops.dense_train_flops)     # only once the checkpoint holds it
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(folder.checkpoint, state["epoch"]) from None
 
-    rows = metrics.read()
-    no_val = state["best_epoch"] is None       # --val-fraction 0: nothing to select an epoch by
-    summary = {"best_epoch": state["best_epoch"], "best_val_acc": None if no_val else state["best_val_acc"],
-               "test_acc_at_best_val": state["best_test_acc"], "last_test_acc": rows[-1]["test_acc"],
-               "best_test_acc": max(r["test_acc"] for r in rows),   # the reference's "best": chosen on test
-               "final_rs": rows[-1]["rs"], "final_rs_reliable": rows[-1]["rs_reliable"],
-               "final_train_acc": rows[-1]["train_acc"],
-               # LTH also paid for training its dense twin: one dense budget on top.
-               "train_flops_rel": rows[-1]["train_flops_rel"] + (1.0 if config.method.startswith("lth") else 0.0),
-               "test_flops_rel": rows[-1]["test_flops_rel"],
-               "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
-    with open(os.path.join(config.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    if no_val:
-        log(f"no validation set: last epoch test acc {summary['last_test_acc']:.4f}; best test acc over epochs "
-            f"{summary['best_test_acc']:.4f} (chosen on the test set, optimistic); final R_s {summary['final_rs']:.4f}")
-    else:
-        log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
-            f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
-            f"final R_s {summary['final_rs']:.4f}")
+    summary = _summarise(config, state, metrics, step, log)
     return Run(summary, model, exploration, data)

@@ -1,0 +1,121 @@
+"""The run folder's rules, in one place, so that train() shows the training loop and nothing else.
+
+A run writes metrics.jsonl, updates.jsonl, checkpoint.npz, summary.json (and init.npz, figures,
+an LTH run's dense/ twin) into its --out folder. The rules that keep that folder whole:
+- one writer at a time: an OS lock (flock) on OUT/.lock, released when the process dies;
+- a fresh run never mixes with an old one: it refuses a folder that holds a run unless told
+  to --overwrite (then the old run's files go first, together) or to --resume it;
+- what a crash leaves behind is cleaned on the next start: orphan temporary files, and a torn
+  last line of a JSON-lines log (dropped with a warning on resume);
+- every file is written atomically (temporary file, fsync, rename).
+"""
+import errno
+import fcntl
+import json
+import os
+import shutil
+
+RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
+             "training.png", "exploration.png")
+RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(ValueError):
+    """The --out folder cannot be used as asked (busy, holds another run, not writable)."""
+
+
+def atomic_write(path, write):
+    """Call write(file) on a temporary file, fsync, then rename over `path` (atomic on POSIX)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):        # a full disk or Ctrl-C mid-write leaves nothing behind
+            os.remove(tmp)
+        raise
+
+
+def write_json(path, value):
+    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
+
+
+def _is_temporary(filename):
+    stem, _, suffix = filename.rpartition(".tmp")
+    return bool(stem) and (suffix == "" or suffix.isdigit())
+
+
+class RunFolder:
+    """`RunFolder(out).open(resume, overwrite, log)` before training; the lock lives as long as the object."""
+
+    def __init__(self, out):
+        self.out = out
+        self._lock_file = None
+
+    def path(self, name):
+        return os.path.join(self.out, name)
+
+    @property
+    def checkpoint(self):
+        return self.path("checkpoint.npz")
+
+    def open(self, resume=False, overwrite=False, log=print):
+        """Create/lock the folder and make it ready for a fresh run or a resume; returns whether a
+        checkpoint will be resumed."""
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise RunFolderError(f"--out {self.out} is a file, not a folder: choose another --out")
+        try:
+            os.makedirs(self.out, exist_ok=True)
+            self._lock_file = open(self.path(LOCK_NAME), "a+")
+        except OSError as err:
+            raise RunFolderError(f"cannot write to --out {self.out} ({err.strerror}): choose a writable folder") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
+            self._lock_file.close()
+            self._lock_file = None
+            raise RunFolderError(f"another run (PID {holder}) is writing to {self.out}: wait for it to "
+                                 f"finish or choose another --out") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+        self._remove_temporary_files(log)
+        if resume and os.path.exists(self.checkpoint):
+            return True
+        existing = self.run_files()
+        if existing and not overwrite:
+            hint = "--resume to continue it or " if os.path.exists(self.checkpoint) else ""
+            raise RunFolderError(f"{self.out} already holds a run ({', '.join(existing)}): use {hint}"
+                                 f"--overwrite to replace it, or choose another --out")
+        for name in existing:              # --overwrite, or --resume without a checkpoint: start clean
+            target = self.path(name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        if resume:
+            log(f"--resume: no checkpoint in {self.out}, starting from scratch")
+        return False
+
+    def run_files(self):
+        return [n for n in RUN_FILES + RUN_FOLDERS if os.path.exists(self.path(n))]
+
+    def _remove_temporary_files(self, log):
+        """Orphans of a crash mid-write (checkpoint.npz.tmp1234, metrics.jsonl.tmp): safe to remove
+        because we hold the lock, so no other process is writing them."""
+        orphans = [n for n in os.listdir(self.out) if _is_temporary(n)]
+        for name in orphans:
+            os.remove(self.path(name))
+        if orphans:
+            log(f"removed {len(orphans)} temporary file(s) left by an interrupted run in {self.out}")
+
+    def close(self):
+        if self._lock_file is not None:
+            self._lock_file.close()       # releases the flock
+            self._lock_file = None
