@@ -23,6 +23,13 @@ def _int_list(text):
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line (what is wrong, where to look), exit status 2, not the usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def dataset_arg(text):
     """A data set name, or the path of the user's .npz (python -m tinyitop pack-images makes one)."""
     if text in DATASETS or is_npz(text):
@@ -129,7 +136,7 @@ def run_and_plot(config, plots=True):
 def main(argv=None):
     if _exit_status(B.resolve):      # a bad TINYITOP_BACKEND stops here, in one line
         return 2
-    parser = argparse.ArgumentParser(prog="python -m tinyitop",
+    parser = _Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train one model",
@@ -169,7 +176,7 @@ def demo_main(description, paper, quick, argv=None):
     """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
     if _exit_status(B.resolve):
         return 2
-    parser = argparse.ArgumentParser(description=description)
+    parser = _Parser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")
     parser.add_argument("--dataset", type=dataset_arg, default=paper.dataset,
                         help="data set or PATH.npz (default: %(default)s; 'synthetic' for a smoke run)")

@@ -1,0 +1,343 @@
+"""Fault injection: nothing the user has is lost, no two runs mix, every expected fault is one line.
+
+Small synthetic runs (seconds each). Each test asserts the facts a user relies on (file still there,
+second run refused, exit status, no traceback, resumed metrics equal to an uninterrupted run), not
+whole messages.
+"""
+import errno
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+
+import numpy as np
+import pytest
+
+from tinyitop import data
+from tinyitop.cli import main as cli_main
+from tinyitop.metrics import JsonLines, read_jsonl
+from tinyitop.rundir import RunFolder
+from tinyitop.train import Config, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("seconds", "samples_per_s")
+
+
+def _config(tmp_path, name="run", **overrides):
+    settings = dict(dataset="synthetic", hidden=(16,), epochs=3, update_interval=5, lr=0.05, sparsity=0.8,
+                    out=str(tmp_path / name), progress=False)
+    settings.update(overrides)
+    return Config(**settings)
+
+
+def _train_args(out, *extra):
+    return ["train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "2", "--update-interval", "5",
+            "--lr", "0.05", "--sparsity", "0.8", "--out", str(out), "--no-progress", "--no-plots", *extra]
+
+
+def _cli(capsys, args):
+    """Run the CLI in-process: (exit status, stderr lines)."""
+    code = cli_main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err.splitlines()
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _python(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, TINYITOP_BACKEND="numpy")
+    return subprocess.Popen([sys.executable] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **kwargs)
+
+
+# ---- 1. a data file that fails its MD5 is moved aside, never deleted ---------------------------
+
+def test_wrong_md5_file_is_kept_aside_and_the_error_says_where(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    name = "train-images-idx3-ubyte.gz"
+    (folder / name).write_bytes(b"the user's own recompressed copy")
+    with pytest.raises(data.DatasetError) as err:
+        data.load("fashion-mnist", str(tmp_path))      # --data-dir wins over a system copy
+    message = str(err.value)
+    aside = folder / (name + ".bad-md5")
+    assert aside.read_bytes() == b"the user's own recompressed copy"
+    assert str(aside) in message and data.FASHION_FILES[name] in message and "\n" not in message
+
+
+# ---- 2, 3. one writer per folder; a fresh run never mixes with an old one ----------------------
+
+def test_a_second_run_on_a_busy_folder_stops_at_once(tmp_path, capsys):
+    holder = RunFolder(str(tmp_path / "busy"))
+    holder.open()
+    try:
+        code, err = _cli(capsys, _train_args(tmp_path / "busy"))
+    finally:
+        holder.close()
+    assert code == 2 and len(err) == 1 and str(tmp_path / "busy") in err[0] and "another run" in err[0]
+    assert not os.path.exists(tmp_path / "busy" / "metrics.jsonl")
+
+
+def test_the_lock_goes_when_its_process_dies(tmp_path):
+    out = tmp_path / "run"
+    code = ("import sys, time; sys.path.insert(0, %r); from tinyitop.rundir import RunFolder; "
+            "folder = RunFolder(%r); folder.open(); print('locked', flush=True); time.sleep(60)" % (ROOT, str(out)))
+    process = _python(["-c", code])
+    assert process.stdout.readline().strip() == "locked"
+    with pytest.raises(ValueError, match="another run"):
+        RunFolder(str(out)).open()
+    process.kill()                                      # kill -9: no cleanup code runs
+    process.wait()
+    folder = RunFolder(str(out))
+    folder.open()                                       # the OS released the lock
+    folder.close()
+
+
+def test_a_fresh_run_refuses_a_folder_with_a_run_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_train_args(out)) == 0
+    before = {n: (out / n).read_bytes() for n in ("metrics.jsonl", "summary.json", "checkpoint.npz")}
+    code, err = _cli(capsys, _train_args(out, "--lr", "0.02"))
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0] and "--resume" in err[0]
+    assert {n: (out / n).read_bytes() for n in before} == before           # untouched
+    assert cli_main(_train_args(out, "--lr", "0.02", "--overwrite", "--epochs", "1")) == 0
+    rows = read_jsonl(str(out / "metrics.jsonl"))
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["lr"] == 0.02       # only the new run
+    assert json.load(open(out / "summary.json"))["config"]["lr"] == 0.02
+
+
+# ---- 4, 5, 6. torn log lines, changed settings, orphan temporary files -------------------------
+
+class Killed(Exception):
+    pass
+
+
+def _killed_after(epoch):
+    def crash(done):
+        if done == epoch:
+            raise Killed()
+    return crash
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path):
+    train(_config(tmp_path, "whole"), log=lambda *_: None)
+    with pytest.raises(Killed):
+        train(_config(tmp_path), log=lambda *_: None, on_epoch_end=_killed_after(2))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "iteration": 9')                          # a crash mid-write
+    with open(tmp_path / "run" / "updates.jsonl", "a") as f:
+        f.write('{"iteration": 1')
+    messages = []
+    train(_config(tmp_path, resume=True), log=messages.append)
+    assert sum("torn last line" in m for m in messages) == 2
+    for name in ("metrics.jsonl", "updates.jsonl"):
+        assert _strip(read_jsonl(str(tmp_path / "run" / name))) == _strip(read_jsonl(str(tmp_path / "whole" / name)))
+
+
+def test_a_bad_line_elsewhere_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not valid JSON"):
+        JsonLines(str(path)).read(drop_torn_last=True)
+
+
+@pytest.mark.parametrize("changed", [dict(momentum=0.5), dict(weight_decay=0.0), dict(pad_mode="zero"),
+                                     dict(val_fraction=0.2)])
+def test_resume_refuses_every_setting_that_changes_the_result(tmp_path, changed):
+    train(_config(tmp_path, epochs=1), log=lambda *_: None)
+    summary = (tmp_path / "run" / "summary.json").read_bytes()
+    with pytest.raises(ValueError, match=f"other settings: {next(iter(changed))}"):
+        train(_config(tmp_path, epochs=1, resume=True, **changed), log=lambda *_: None)
+    assert (tmp_path / "run" / "summary.json").read_bytes() == summary
+
+
+def test_orphan_temporary_files_are_removed_on_the_next_start(tmp_path):
+    with pytest.raises(Killed):
+        train(_config(tmp_path), log=lambda *_: None, on_epoch_end=_killed_after(1))
+    for orphan in ("checkpoint.npz.tmp4242", "metrics.jsonl.tmp", "summary.json.tmp17"):
+        (tmp_path / "run" / orphan).write_bytes(b"half")
+    (tmp_path / "run" / "notes.tmpl").write_text("the user's")              # not ours: stays
+    train(_config(tmp_path, resume=True), log=lambda *_: None)
+    left = sorted(os.listdir(tmp_path / "run"))
+    assert not [n for n in left if ".tmp" in n and n != "notes.tmpl"] and "notes.tmpl" in left
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    from tinyitop import checkpoint
+
+    def full(f, **arrays):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.np, "savez", full)
+    code, err = _cli(capsys, _train_args(tmp_path / "run"))
+    assert code == 2 and len(err) == 1 and "No space left on device" in err[0]
+    assert not [n for n in os.listdir(tmp_path / "run") if ".tmp" in n]
+
+
+# ---- 7, 8. Ctrl-C ------------------------------------------------------------------------------
+
+def _wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_during_train_stops_cleanly_and_resume_equals_uninterrupted(tmp_path):
+    args = ["-m", "tinyitop"] + _train_args(tmp_path / "run", "--epochs", "40", "--limit-train", "1500")
+    uninterrupted = _python(["-m", "tinyitop"] + _train_args(tmp_path / "whole", "--epochs", "40", "--limit-train", "1500"))
+    process = _python(args)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "run" / "checkpoint.npz") in lines[0]
+    assert lines[0].endswith("--resume") and "continue with: python -m tinyitop train" in lines[0]
+    assert uninterrupted.wait(timeout=300) == 0
+    resumed = _python(args + ["--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert _strip(read_jsonl(str(metrics))) == _strip(read_jsonl(str(tmp_path / "whole" / "metrics.jsonl")))
+
+
+def _sweep_spec(tmp_path, runs=3, epochs=30, **base):
+    spec = {"name": "tiny", "plot": {"x": "seed"},
+            "reduced": {"base": {"dataset": "synthetic", "hidden": [16], "epochs": epochs, "lr": 0.05,
+                                 "sparsity": 0.8, "update_interval": 5, **base},
+                        "grid": {"seed": list(range(runs))}},
+            "full": {"base": {"dataset": "synthetic"}, "grid": {"seed": [0]}}}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
+    config = _sweep_spec(tmp_path, runs=3, epochs=200)
+    root = tmp_path / "runs"
+    process = _python(["-m", "tinyitop", "sweep", config, "--root", str(root), "--workers", "1"])
+    first = root / "tiny" / "seed=0" / "metrics.jsonl"
+    _wait_for(lambda: first.exists())
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert "Continue with: python -m tinyitop sweep" in err
+    assert not (root / "tiny" / "seed=1").exists() and not (root / "tiny" / "seed=2").exists()   # none started
+    assert (root / "tiny" / "seed=0" / "checkpoint.npz").exists()             # the worker kept its checkpoint
+    time.sleep(0.5)
+    pids = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+    assert not pids                                                            # no worker left running
+
+
+def test_a_sweep_with_failed_runs_exits_non_zero_and_marks_them(tmp_path, capsys):
+    config = json.loads(open(_sweep_spec(tmp_path, runs=1, epochs=1)).read())
+    config["reduced"]["grid"]["hidden"] = [[16], [0]]                 # hidden 0: that run fails
+    config["plot"] = {"x": "hidden"}
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(config))
+    code, err = _cli(capsys, ["sweep", str(path), "--root", str(tmp_path / "runs"), "--workers", "1"])
+    assert code == 2 and "1 of 2 runs failed" in err[-1] and "log.txt" in err[-1]
+    results = (tmp_path / "runs" / "tiny" / "results.md").read_text()
+    assert "failed run" in results and "seed=0_hidden=0" in results
+    assert (tmp_path / "runs" / "tiny" / "results.png").exists()
+
+
+# ---- 10. expected faults: one line, exit 2 -----------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(2000)],
+                         ids=["empty", "truncated", "random-bytes"])
+def test_a_damaged_checkpoint_on_resume_is_one_line(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    assert cli_main(_train_args(out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    (out / "checkpoint.npz").write_bytes(content)
+    code, err = _cli(capsys, _train_args(out, "--epochs", "2", "--resume"))
+    assert code == 2 and len(err) == 1 and "checkpoint.npz" in err[0] and "--overwrite" in err[0]
+    assert "pickle" not in err[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--hidden", "0"], "layer sizes must be >= 1"), (["--hidden", "-5"], "layer sizes must be >= 1"),
+    (["--hidden", "10,,20"], "comma-separated integers"), (["--dense-layers", "fc9"], "fc9"),
+    (["--dense-layers", "fc1,fc2"], "no layer is left to be sparse"), (["--lr", "nan"], "finite"),
+    (["--dataset", "mnist"], "PATH.npz"),
+])
+def test_bad_options_are_one_line(tmp_path, capsys, args, fragment):
+    argv = _train_args(tmp_path / "run") + args
+    if "--dense-layers" in args:
+        argv[argv.index("--hidden") + 1] = "16"            # an MLP with layers fc1, fc2
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_info:                         # argparse's own errors
+        code = exit_info.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and fragment in " ".join(err)
+    assert len([line for line in err if line.strip()]) <= 2 and not any("Traceback" in line for line in err)
+
+
+def test_out_that_is_a_file_or_not_writable_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    code, err = _cli(capsys, _train_args(tmp_path / "afile"))
+    assert code == 2 and len(err) == 1 and "is a file" in err[0]
+
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    import tinyitop.rundir
+    monkeypatch.setattr(tinyitop.rundir.os, "makedirs", read_only)
+    code, err = _cli(capsys, _train_args(tmp_path / "readonly"))
+    assert code == 2 and len(err) == 1 and "Permission denied" in err[0] and "writable" in err[0]
+
+
+def test_a_flipped_byte_inside_a_gzip_idx_file(tmp_path):
+    header = bytes([0, 0, 8, 1]) + (5000).to_bytes(4, "big")
+    raw = bytearray(gzip.compress(header + np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()))
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "x.gz").write_bytes(bytes(raw))
+    with pytest.raises(data.DatasetError, match="not a readable IDX file"):
+        data.read_idx(str(tmp_path / "x.gz"))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('{"name": "x", "reduced": {', "is not valid JSON"),
+    ('{"name": "x", "reduced": {"base": {}}}', 'no "full" section'),
+    ('{"name": "x", "reduced": {"base": []}, "full": {}}', '"reduced.base" must be a JSON object'),
+    ('{"name": "x", "reduced": {"grid": {"seed": 1}}, "full": {}}', "non-empty list"),
+    ('["not", "an", "object"]', "a sweep config is a JSON object"),
+])
+def test_malformed_sweep_configs_name_the_file(tmp_path, capsys, text, fragment):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    args = ["sweep", str(path), "--root", str(tmp_path / "runs")] + (["--full"] if "full" in fragment else [])
+    code, err = _cli(capsys, args)
+    assert code == 2 and len(err) == 1 and str(path) in err[0] and fragment in err[0]
+
+
+def test_divergence_says_what_works(tmp_path):
+    from tinyitop.train import TrainingDiverged
+    with pytest.raises(TrainingDiverged) as first_epoch, np.errstate(all="ignore"):
+        train(_config(tmp_path, lr=1e6, method="dense", growth=None, sparsity=0.0, epochs=50), log=lambda *_: None)
+    message = str(first_epoch.value)
+    assert "no checkpoint was written yet" in message and "checkpoint.npz" not in message
+    assert "--overwrite" in message and "--resume continues only the same settings" in message
+
+
+# ---- 11. a Delta T that never comes ------------------------------------------------------------
+
+def test_update_interval_beyond_the_run_warns_once(tmp_path):
+    messages = []
+    train(_config(tmp_path, update_interval=10_000, epochs=2), log=messages.append)
+    warnings = [m for m in messages if "no topology update will happen" in m]
+    assert len(warnings) == 1
+    messages.clear()
+    train(_config(tmp_path, "short", update_interval=5, epochs=2), log=messages.append)
+    assert not [m for m in messages if "no topology update" in m]
