@@ -131,8 +131,9 @@ def test_demo_runs_end_to_end_in_quick_mode(tmp_path):
 
 @have_fashion
 def test_sparse_mlp_learns_fashion_mnist(tmp_path):
-    """Measured: 0.804 test accuracy after 3 epochs on 10k images at 90% sparsity (about 2 s)."""
-    run = train(_config(tmp_path, dataset="fashion-mnist", hidden=(256, 128), epochs=3, limit_train=10000,
+    """Measured: 0.808 test accuracy after 4 epochs on 10k images at 90% sparsity (about 3 s). (With 3
+    epochs the reference's milestones int(3/2)=1, int(9/4)=2 leave one epoch at the full rate: 0.754.)"""
+    run = train(_config(tmp_path, dataset="fashion-mnist", hidden=(256, 128), epochs=4, limit_train=10000,
                         update_interval=100))
     assert run.summary["test_acc_at_best_val"] >= 0.78
 

@@ -121,15 +121,19 @@ def config_from_args(args):
 
 
 def run_and_plot(config, plots=True):
-    """Train, then write OUT/training.png (and OUT/exploration.png for an MLP). Returns the Run."""
+    """Train, then write OUT/training.png, OUT/mask_evolution.png (if the topology changed) and
+    OUT/exploration.png (sparse MLPs). Returns the Run."""
     run = train(config)
     if plots:
         from tinyitop import plots as figures
         print(f"figure: {figures.training(config.out)}")
         if config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets:
             path = figures.exploration(run.model, run.exploration, run.data.image_shape,
-                                       f"{config.out}/exploration.png")
+                                       f"{config.out}/exploration.png", title=figures.run_title(config.out))
             print(f"figure: {path}")
+        evolution = figures.mask_evolution(config.out)
+        if evolution:
+            print(f"figure: {evolution}")
     return run
 
 

@@ -1,9 +1,14 @@
 """Figures of a run (matplotlib is imported here only, so `import tinyitop` stays light).
 
 - training(): learning curves, R_s over training (per update and per epoch), prune rate.
-- exploration(): ITOP's Figure-1 idea for an MLP's input layer: per input pixel, how many
-  connections it has now and has ever had (explored set), plus per-layer active vs explored bars.
+- exploration(): ITOP's Figure-1 idea for an MLP's input layer: per input pixel, the fraction of
+  its possible connections active now and ever explored (one shared scale), plus per sparse layer
+  active vs explored.
+- mask_evolution(): a fixed corner of the first sparse layer's mask at several updates, the newly
+  grown connections highlighted: exploration seen rather than read about.
+Each figure's title names the run (model, data, method, sparsity, Delta T).
 """
+import json
 import os
 
 import numpy as np
@@ -19,13 +24,41 @@ def _pyplot():
     return plt
 
 
+def run_title(run_dir):
+    """'mlp on cifar10, set (random growth), sparsity 0.95, Delta T 1500' from the run's summary."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return os.path.basename(os.path.normpath(run_dir))
+    with open(path) as f:
+        c = json.load(f)["config"]
+    data = os.path.splitext(os.path.basename(c["dataset"]))[0]
+    method = c["method"] + (f" ({c['growth']} growth)" if c.get("growth") else "")
+    sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']}, {c['init']}"
+    exploring = c["method"] in ("set", "rigl", "snip-set", "lth-set", "gmp")
+    interval = f", Delta T {c['update_interval']}" if exploring else ""
+    hidden = "-".join(str(h) for h in c["hidden"]) if c["model"] == "mlp" else ""
+    return f"{c['model']} {hidden} on {data}: {method}{sparse}{interval}, {c['epochs'] * c['multiplier']} epochs"
+
+
+def _no_update_reason(rows, run_dir):
+    """Why a run has no topology update, for the empty panels."""
+    path = os.path.join(run_dir, "summary.json")
+    config = json.load(open(path))["config"] if os.path.exists(path) else {}
+    if config.get("method") in ("dense", "static", "snip", "lth"):
+        return f"no topology update: method '{config['method']}' keeps its mask fixed"
+    iterations = rows[-1]["iteration"] if rows else 0
+    if config.get("update_interval", 0) > iterations:
+        return (f"no topology update in this run:\nDelta T ({config['update_interval']}) > iterations ({iterations})")
+    return "no topology update in this run"
+
+
 def training(run_dir, path=None):
     """Three panels from metrics.jsonl / updates.jsonl of `run_dir`; returns the PNG path."""
     plt = _pyplot()
     rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     updates = read_jsonl(os.path.join(run_dir, "updates.jsonl"))
     epochs = [r["epoch"] for r in rows]
-    fig, (acc_ax, rs_ax, p_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (acc_ax, rs_ax, p_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
     acc_ax.plot(epochs, [r["train_acc"] for r in rows], label="train")
     if any(r["val_acc"] is not None for r in rows):      # none with --val-fraction 0
         acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation")
@@ -39,12 +72,17 @@ def training(run_dir, path=None):
         rs_ax.plot(it, [u["rs"] for u in updates], ".-", ms=3, label="R_s at each update")
         rs_ax.plot(it, [u["rs_reliable"] for u in updates], ".-", ms=3, label="reliable R_s")
         p_ax.plot(it, [u["prune_rate"] for u in updates], ".-", ms=3)
+    else:
+        reason = _no_update_reason(rows, run_dir)
+        for ax in (rs_ax, p_ax):
+            ax.text(0.5, 0.3, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.35")
     rs_ax.plot(epochs, [r["rs"] for r in rows], "k--", lw=1, label="R_s at epoch end")
     rs_ax.set(xlabel="epoch", ylabel="explored fraction of all weights", title="ITOP rate R_s")
-    rs_ax.legend()
+    rs_ax.legend(fontsize=8)
     rs_ax.grid(alpha=0.3)
     p_ax.set(xlabel="epoch", ylabel="fraction of nnz pruned and regrown", title="Prune rate at each update")
     p_ax.grid(alpha=0.3)
+    fig.suptitle(run_title(run_dir), fontsize=11)
     fig.tight_layout()
     path = path or os.path.join(run_dir, "training.png")
     fig.savefig(path, dpi=110)
@@ -52,10 +90,12 @@ def training(run_dir, path=None):
     return path
 
 
-def exploration(model, exploration_state, image_shape, path, layer_name="fc1"):
-    """Figure-1-style picture: per input pixel, connections active now vs ever explored.
+def exploration(model, exploration_state, image_shape, path, layer_name="fc1", title=None):
+    """Figure-1-style picture: per input pixel, the fraction of its possible connections that is
+    active now and that was ever explored, on one colour scale; then active vs explored per layer.
 
-    image_shape (C, H, W) of the input; the input layer's columns are pixels in C-H-W order.
+    image_shape (C, H, W) of the input; the input layer's columns are pixels in C-H-W order, so a
+    pixel has out_features * C possible connections.
     """
     plt = _pyplot()
     from tinyitop.topology import sparse_layers
@@ -63,30 +103,80 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1"):
     if layer_name not in layers:
         raise ValueError(f"{layer_name} is not a sparse layer of this model")
     weight = layers[layer_name].weight_param
-    n_cols = weight.shape[1]
+    n_out, n_cols = weight.shape
     if n_cols != int(np.prod(image_shape)):
         raise ValueError(f"{layer_name} has {n_cols} inputs, not an image of shape {image_shape}")
     active_cols = B.to_host(weight.csr.indices)
     explored_cols = B.to_host(exploration_state.sets[layer_name].positions) % n_cols
     c, h, w = image_shape
-    now = np.bincount(active_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0)      # (H, W)
-    ever = np.bincount(explored_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0)   # (H, W)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, counts, title in ((axes[0], now, "connections now"), (axes[1], ever, "connections ever explored")):
-        image = ax.imshow(counts, cmap="viridis")
-        ax.set_title(f"{layer_name}: {title} per pixel")
+    possible = n_out * c                                                                 # per pixel
+    now = np.bincount(active_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0) / possible     # (H, W)
+    ever = np.bincount(explored_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0) / possible  # (H, W)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.06, 1.4]})
+    colour_axis, axes = axes[2], [axes[0], axes[1], axes[3]]
+    top = max(float(ever.max()), 1e-9)
+    for ax, values, label in ((axes[0], now, "active now"), (axes[1], ever, "ever explored")):
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=top)
+        ax.set_title(f"{layer_name}: {label}\n(mean {values.mean():.3f} of a pixel's {possible} connections)",
+                     fontsize=10)
         ax.axis("off")
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    names = list(layers)
+    fig.colorbar(image, cax=colour_axis, label="fraction of the pixel's connections (one scale)")
+    names = [n for n in layers if layers[n].weight_param.density < 1]          # what can be explored
+    dense = [n for n in layers if n not in names]
     active = [layers[n].weight_param.density for n in names]
     explored = [exploration_state.sets[n].count() / exploration_state.sets[n].numel for n in names]
     x = np.arange(len(names))
-    axes[2].bar(x - 0.2, active, 0.4, label="active (density)")
-    axes[2].bar(x + 0.2, explored, 0.4, label="explored (R_s of the layer)")
+    bars_active = axes[2].bar(x - 0.2, active, 0.4, label="active (density)")
+    bars_explored = axes[2].bar(x + 0.2, explored, 0.4, label="explored (R_s of the layer)")
+    axes[2].bar_label(bars_active, fmt="%.3f", fontsize=7)
+    axes[2].bar_label(bars_explored, fmt="%.3f", fontsize=7)
     axes[2].set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
-    axes[2].set(ylabel="fraction of the layer's weights", title="Per layer: active vs explored", ylim=(0, 1.05))
-    axes[2].legend()
+    top_bar = max(explored + active + [1e-3])
+    axes[2].set(ylabel="fraction of the layer's weights", title="Sparse layers: active vs explored",
+                ylim=(0, min(1.05, top_bar * 1.25)))
+    if dense:
+        axes[2].set_xlabel(f"not shown: {', '.join(dense)} (dense by ERK, always fully explored)", fontsize=8)
+    axes[2].legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def mask_evolution(run_dir, path=None, panels=6):
+    """A fixed top-left crop of the first sparse layer's mask after several topology updates (from
+    updates.jsonl): black active, orange grown at that update, grey active after an earlier update
+    but not now (explored), R_s in each title. Returns the path, or None when the run had no update."""
+    updates = [u for u in read_jsonl(os.path.join(run_dir, "updates.jsonl")) if "crop_active" in u]
+    if not updates:
+        return None
+    plt = _pyplot()
+    chosen = [updates[i] for i in sorted({round(j) for j in np.linspace(0, len(updates) - 1, min(panels, len(updates)))})]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 3.2), squeeze=False)
+    rows, cols = chosen[0]["crop_shape"]
+    seen = {}          # iteration -> positions active after any update up to it (the explored part we logged)
+    union = set()
+    for update in updates:
+        union |= set(update["crop_active"])
+        seen[update["iteration"]] = sorted(union)
+    for ax, update in zip(axes[0], chosen):
+        picture = np.ones((rows * cols, 3))                               # white: never seen active
+        picture[seen[update["iteration"]]] = (0.78, 0.78, 0.78)           # grey: explored, inactive now
+        picture[update["crop_active"]] = (0.1, 0.1, 0.1)                  # black: active
+        picture[update["crop_grown"]] = (1.0, 0.5, 0.0)                   # orange: grown at this update
+        ax.imshow(picture.reshape(rows, cols, 3), interpolation="nearest")
+        ax.set_title(f"update at iteration {update['iteration']}\nR_s {update['rs']:.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']} rows 0-{rows - 1}", fontsize=9)
+    axes[0][0].set_xlabel(f"inputs 0-{cols - 1}", fontsize=9)
+    fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']}, top-left {rows}x{cols} of its mask after updates: "
+                 f"black active, orange grown at that update, grey active after an earlier update (explored)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.84))
+    path = path or os.path.join(run_dir, "mask_evolution.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -16,7 +16,7 @@ import os
 import shutil
 
 RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
-             "training.png", "exploration.png")
+             "training.png", "exploration.png", "mask_evolution.png")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
 LOCK_NAME = ".lock"
 

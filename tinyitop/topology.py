@@ -21,6 +21,11 @@ def prune_rate(step, total_steps, initial=0.5, final=FINAL_PRUNE_RATE):
     return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def prune_count(rate, nnz):
+    """k = ceil(p * nnz): how many weights an update at prune rate p removes (and regrows)."""
+    return math.ceil(rate * nnz)
+
+
 def sparse_layers(model):
     """{name: layer} of every sparse layer in the model, in order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, SPARSE_TYPES)}
@@ -67,7 +72,7 @@ def update_layer(weight, rate, mode, explored=None, dense_grad=None):
     or -1 where it was grown (the optimizer uses it to carry momentum over).
     """
     xp = B.xp
-    k = math.ceil(rate * weight.nnz)
+    k = prune_count(rate, weight.nnz)
     positions = weight.flat_positions()                            # (nnz,) sorted
     kept_slots = prune(weight, k)                                   # (nnz - k,)
     kept_positions = positions[kept_slots]
@@ -106,10 +111,14 @@ class TopologyUpdater:
         self.stop_exploration_step = stop_exploration_step
         # A layer at density 1 (made dense by ERK) has nothing to explore.
         self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight_param.density < 1}
+        # {layer name: (source, kept positions, grown positions)} of the last update, for readers
+        # who want to watch it (demos/one_update.py); see update_layer for what each holds.
+        self.last_update = {}
 
     def is_update_step(self, step):
         """Topology changes after iteration `step` (1-based) every update_interval iterations."""
-        if self.method not in ("set", "rigl") or step % self.update_interval or step >= self.total_steps:
+        if self.method not in ("set", "rigl") or not self.layers or step % self.update_interval \
+                or step >= self.total_steps:
             return False
         return self.stop_exploration_step is None or step <= self.stop_exploration_step
 
@@ -131,4 +140,5 @@ class TopologyUpdater:
             self.optimizer.remap(weight, source)
             explored.record_update(kept, grown)
             layer.keep_dense_grad, layer.dense_grad = False, None
+            self.last_update[name] = (source, kept, grown)
         return rate

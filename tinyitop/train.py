@@ -18,7 +18,7 @@ from tinyitop import backend as B
 from tinyitop import checkpoint
 from tinyitop.baselines import GradualPruner, magnitude_masks, snip_masks
 from tinyitop.data import DATASETS, PAD_MODES, batches, is_npz, load, split_validation
-from tinyitop.explore import Exploration
+from tinyitop.explore import Exploration, mask_crop
 from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
@@ -373,9 +373,11 @@ def _train(config, folder, resuming, log, on_epoch_end):
                 if rate is not None:                                    # explored sets grew: log R_s
                     last_rate = rate
                     flops.refresh()
+                    first = next(iter(updater.layers))                  # its mask, for mask_evolution.png
                     updates.append({"iteration": step, "epoch": epoch + 1, "prune_rate": rate,
                                     "rs": exploration.rs(), "rs_reliable": exploration.rs_reliable(),
-                                    "rs_per_layer": exploration.rs_per_layer()})
+                                    "rs_per_layer": exploration.rs_per_layer(), "crop_layer": first,
+                                    **mask_crop(updater.layers[first].weight_param, updater.last_update[first][2])})
                 loss_sum = loss_sum + loss * labels.shape[0]
                 correct = correct + accuracy_count(logits, labels)
                 if step % FINITE_CHECK_EVERY == 0:
