@@ -102,3 +102,40 @@ def test_import_is_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ, TINYITOP_BACKEND="numpy", PYTHONPATH=ROOT))
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def _run(args, **env):
+    environment = {k: v for k, v in os.environ.items() if k != "TINYITOP_BACKEND"}
+    environment.update(env, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable] + args, capture_output=True, text=True, env=environment, timeout=300)
+
+
+no_gpu = pytest.mark.skipif(_gpu_available(), reason="a GPU works here: the no-GPU paths cannot happen")
+needs_cupy = pytest.mark.skipif(not fake_cupy.AVAILABLE, reason="CuPy not installed: pip install cupy-cuda12x")
+
+
+@no_gpu
+def test_cupy_requested_without_a_usable_gpu_is_one_error_line(tmp_path):
+    result = _run(["-m", "tinyitop", "train", "--dataset", "synthetic", "--epochs", "1", "--out", str(tmp_path)],
+                  TINYITOP_BACKEND="cupy")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: TINYITOP_BACKEND=cupy but CuPy ")
+    assert "TINYITOP_BACKEND=numpy" in lines[0]                     # says what to do
+
+
+@no_gpu
+@needs_cupy
+def test_unset_backend_with_cupy_but_no_gpu_runs_on_numpy_and_says_why(tmp_path):
+    result = _run([os.path.join(ROOT, "demos", "mlp_cifar10.py"), "--quick", "--dataset", "synthetic",
+                   "--out", str(tmp_path / "demo"), "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("backend: numpy (TINYITOP_BACKEND unset; not cupy: CuPy cannot use a GPU here")
+
+
+def test_bad_backend_name_is_one_line_even_for_help():
+    result = _run(["-m", "tinyitop", "train", "--help"], TINYITOP_BACKEND="bogus")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: unknown backend 'bogus': TINYITOP_BACKEND must be one of numpy, cupy "
+                                     "(or unset to use CuPy when a GPU works, else NumPy)")

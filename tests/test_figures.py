@@ -1,5 +1,4 @@
 """The run's figures: titles name the run, empty panels say why, the mask crop is the engine's mask."""
-import os
 
 import numpy as np
 
