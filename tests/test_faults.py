@@ -115,6 +115,18 @@ def test_a_fresh_run_refuses_a_folder_with_a_run_unless_overwrite(tmp_path, caps
     assert json.load(open(out / "summary.json"))["config"]["lr"] == 0.02
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "init.npz").write_bytes(b"from the killed run")       # a dense run writes this first
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "iter')
+    messages = []
+    train(_config(tmp_path, method="dense", growth=None, sparsity=0.0, epochs=1, resume=True), log=messages.append)
+    assert any("no checkpoint" in m for m in messages)
+    assert [r["epoch"] for r in read_jsonl(str(out / "metrics.jsonl"))] == [1]
+    assert (out / "init.npz").read_bytes() != b"from the killed run"
+
+
 # ---- 4, 5, 6. torn log lines, changed settings, orphan temporary files -------------------------
 
 class Killed(Exception):

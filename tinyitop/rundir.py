@@ -92,11 +92,13 @@ class RunFolder:
         if resume and os.path.exists(self.checkpoint):
             return True
         existing = self.run_files()
-        if existing and not overwrite:
+        if existing and not (overwrite or resume):
             hint = "--resume to continue it or " if os.path.exists(self.checkpoint) else ""
             raise RunFolderError(f"{self.out} already holds a run ({', '.join(existing)}): use {hint}"
                                  f"--overwrite to replace it, or choose another --out")
-        for name in existing:              # --overwrite, or --resume without a checkpoint: start clean
+        # --overwrite, or --resume of a run killed before its first checkpoint: start clean. The
+        # latter keeps LTH's dense twin, which resumes from its own checkpoint.
+        for name in existing if overwrite else [n for n in existing if n not in RUN_FOLDERS]:
             target = self.path(name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
         if resume:
