@@ -110,14 +110,9 @@ def _resume_command(prefix, argv):
 
 
 def config_from_args(args):
-    return Config(model=args.model, hidden=args.hidden, dataset=args.dataset, data_dir=args.data_dir,
-                  augment=args.augment, pad_mode=args.pad_mode, val_fraction=args.val_fraction, method=args.method, growth=args.growth, sparsity=args.sparsity, init=args.init,
-                  dense_layers=args.dense_layers, fan_in_scaling=args.fan_in_scaling,
-                  update_interval=args.update_interval, prune_rate=args.prune_rate,
-                  stop_exploration_epoch=args.stop_exploration_epoch, epochs=args.epochs,
-                  multiplier=args.multiplier, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                  weight_decay=args.weight_decay, seed=args.seed, limit_train=args.limit_train, out=args.out,
-                  resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    """Every train option is a Config field of the same name (`--no-progress` sets `progress`)."""
+    settings = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    return Config(**settings, progress=not args.no_progress)
 
 
 def run_and_plot(config, plots=True):
@@ -185,13 +180,15 @@ def demo_main(description, paper, quick, argv=None):
     parser.add_argument("--dataset", type=dataset_arg, default=paper.dataset,
                         help="data set or PATH.npz (default: %(default)s; 'synthetic' for a smoke run)")
     parser.add_argument("--data-dir", default=None, help="download/cache folder (default: ~/.cache/tinyitop)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="crop + flip (default: on for cifar10/cifar100; give --augment for a CIFAR .npz)")
     parser.add_argument("--out", default=paper.out, help="output folder (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
-                "data_dir": args.data_dir, "out": args.out, "resume": args.resume, "overwrite": args.overwrite,
+                "data_dir": args.data_dir, "augment": args.augment, "out": args.out, "resume": args.resume, "overwrite": args.overwrite,
                 "progress": not args.no_progress}
     argv = sys.argv[1:] if argv is None else list(argv)
     return _exit_status(lambda: run_and_plot(Config(**settings)),
