@@ -77,7 +77,7 @@ def test_sweep_runs_skips_resumes_and_aggregates(tmp_path, capsys):
     assert len(read_jsonl(os.path.join(killed_dir, "metrics.jsonl"))) == 2
     assert sorted(r["update_interval"] for r in rows) == ["3", "9"] and all(r["seeds"] == 2 for r in rows)
     assert all(r["final_rs_std"] is not None for r in rows)
-    for name in ("results.csv", "results.md", "results.png"):
+    for name in ("results.csv", "results.md", "results.png", "curves.png"):
         assert os.path.exists(os.path.join(root, "tiny", name))
     run(config_path, root, workers=1)                          # everything finished: nothing runs
     assert "4 already finished" in capsys.readouterr().out

@@ -230,6 +230,27 @@ def sweep_figure(rows, spec, path, title):
     return path
 
 
+def sweep_curves(runs, path, title):
+    """Test accuracy and R_s per epoch, one line per run ({name: run folder}); returns the path."""
+    plt = _pyplot()
+    fig, (acc_ax, rs_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, run_dir in runs.items():
+        rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+        epochs = [r["epoch"] for r in rows]
+        acc_ax.plot(epochs, [r["test_acc"] for r in rows], label=name)
+        rs_ax.plot(epochs, [r["rs"] for r in rows], label=name)
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
+    rs_ax.set(xlabel="epoch", ylabel="R_s (explored fraction)", title="ITOP rate R_s per epoch")
+    for ax in (acc_ax, rs_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _is_number(value):
     try:
         float(value)

@@ -207,8 +207,9 @@ def _mean_std(values):
 
 
 def aggregate(spec, folder, commands, failed=None):
-    """Group runs that differ only by seed; write results.csv, results.md and results.png.
-    Failed runs ({run_id: exit status}) are listed under the table and named on the figure."""
+    """Group runs that differ only by seed; write results.csv, results.md, results.png and curves.png
+    (test accuracy and R_s per epoch of each group's first seed). Failed runs ({run_id: exit
+    status}) are listed under the table and named on the figure."""
     failed = failed or {}
     varied = _varied(commands) - {"seed"}
     groups = {}
@@ -220,8 +221,9 @@ def aggregate(spec, folder, commands, failed=None):
             summary = json.load(f)
         summary["generalization_gap"] = summary["final_train_acc"] - summary["last_test_acc"]
         key = tuple((k, _text(v)) for k, v in settings.items() if k in varied)
-        group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": []})
+        group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": [], "runs": []})
         group["summaries"].append(summary)
+        group["runs"].append(os.path.join(folder, run_id))
     rows = []
     for group in groups.values():
         row = {"label": group["label"] or "", **group["settings"], "seeds": len(group["summaries"])}
@@ -249,8 +251,12 @@ def aggregate(spec, folder, commands, failed=None):
         if failed:
             title += f"\n({len(failed)} failed run(s) missing: {', '.join(failed)})"
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
+        from tinyitop.plots import sweep_curves
+        names = {" ".join([g["label"] or ""] + [f"{k}={v}" for k, v in g["settings"].items()]).strip() or "run":
+                 g["runs"][0] for g in groups.values()}
+        sweep_curves(names, os.path.join(folder, "curves.png"), title)
     print(table)
-    print(f"wrote {folder}/results.csv, results.md" + (", results.png" if spec.get("plot") else ""))
+    print(f"wrote {folder}/results.csv, results.md" + (", results.png, curves.png" if spec.get("plot") else ""))
     return rows
 
 
