@@ -252,8 +252,8 @@ def aggregate(spec, folder, commands, failed=None):
             title += f"\n({len(failed)} failed run(s) missing: {', '.join(failed)})"
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
         from tinyitop.plots import sweep_curves
-        names = {" ".join([g["label"] or ""] + [f"{k}={v}" for k, v in g["settings"].items()]).strip() or "run":
-                 g["runs"][0] for g in groups.values()}
+        names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"][0]
+                 for g in groups.values()}
         sweep_curves(names, os.path.join(folder, "curves.png"), title)
     print(table)
     print(f"wrote {folder}/results.csv, results.md" + (", results.png, curves.png" if spec.get("plot") else ""))
