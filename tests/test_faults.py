@@ -127,6 +127,13 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_pat
     assert (out / "init.npz").read_bytes() != b"from the killed run"
 
 
+def test_lth_resumed_after_its_dense_twin_was_killed_before_a_checkpoint(tmp_path):
+    (tmp_path / "run" / "dense").mkdir(parents=True)
+    (tmp_path / "run" / "dense" / "init.npz").write_bytes(b"from the killed twin")
+    run = train(_config(tmp_path, method="lth", growth=None, epochs=1, resume=True), log=lambda *_: None)
+    assert (tmp_path / "run" / "dense" / "summary.json").exists() and run.summary["epochs"] == 1
+
+
 # ---- 4, 5, 6. torn log lines, changed settings, orphan temporary files -------------------------
 
 class Killed(Exception):

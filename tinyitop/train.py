@@ -172,8 +172,8 @@ def _dense_model(config, data):
 def _lottery_ticket(config, data, log):
     """LTH: train the dense twin (or reuse a finished one), keep its largest |w| globally, rewind."""
     dense_dir = os.path.join(config.out, "dense")
-    dense_config = dataclasses.replace(config, method="dense", growth=None, out=dense_dir,
-                                       resume=os.path.exists(os.path.join(dense_dir, "checkpoint.npz")))
+    # resume=True: continue the twin from its checkpoint, or start it clean if it has none yet.
+    dense_config = dataclasses.replace(config, method="dense", growth=None, out=dense_dir, resume=True)
     if not os.path.exists(os.path.join(dense_dir, "summary.json")):
         log(f"LTH step 1: training the dense network in {dense_dir}")
         train(dense_config, log)
