@@ -24,13 +24,20 @@ def _pyplot():
     return plt
 
 
-def run_title(run_dir):
-    """'mlp on cifar10, set (random growth), sparsity 0.95, Delta T 1500' from the run's summary."""
+def _run_config(run_dir):
+    """The run's settings from its summary.json ({} before the run has finished)."""
     path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(path):
-        return os.path.basename(os.path.normpath(run_dir))
+        return {}
     with open(path) as f:
-        c = json.load(f)["config"]
+        return json.load(f)["config"]
+
+
+def run_title(run_dir):
+    """'mlp 1024-512 on cifar10: set (random growth), sparsity 0.95, erk, Delta T 1500, 200 epochs'."""
+    c = _run_config(run_dir)
+    if not c:
+        return os.path.basename(os.path.normpath(run_dir))
     data = os.path.splitext(os.path.basename(c["dataset"]))[0]
     method = c["method"] + (f" ({c['growth']} growth)" if c.get("growth") else "")
     sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']}, {c['init']}"
@@ -42,8 +49,7 @@ def run_title(run_dir):
 
 def _no_update_reason(rows, run_dir):
     """Why a run has no topology update, for the empty panels."""
-    path = os.path.join(run_dir, "summary.json")
-    config = json.load(open(path))["config"] if os.path.exists(path) else {}
+    config = _run_config(run_dir)
     if config.get("method") in ("dense", "static", "snip", "lth"):
         return f"no topology update: method '{config['method']}' keeps its mask fixed"
     iterations = rows[-1]["iteration"] if rows else 0
