@@ -80,11 +80,11 @@ def resolve():
         # Unset: CuPy if it imports and computes on a GPU, else NumPy. This is the only automatic
         # choice, and `describe()` prints it, with the reason when CuPy is installed but unusable.
         try:
-            use("cupy")
+            use_modules("cupy", *_load_cupy())
         except BackendError as err:
             import importlib.util
             if importlib.util.find_spec("cupy") is not None:
-                _fallback_reason = str(err).replace("TINYITOP_BACKEND=cupy but ", "")
+                _fallback_reason = str(err)
             use("numpy")
     return globals()["name"]
 

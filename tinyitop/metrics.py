@@ -6,6 +6,8 @@ import json
 import math
 import os
 
+from tinyitop.rundir import atomic_write
+
 
 def _clean(value):
     """JSON-safe: NaN/inf become null (json.dumps would write invalid JSON)."""
@@ -49,7 +51,6 @@ class JsonLines:
 
     def truncate(self, keep, log=print):
         """Keep only rows for which keep(row) is true (on resume: drop rows after the checkpoint)."""
-        from tinyitop.rundir import atomic_write
         rows = [row for row in self.read(drop_torn_last=True, log=log) if keep(row)]
         atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
 

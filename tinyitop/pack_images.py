@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from tinyitop.data import CIFAR, DatasetError
+from tinyitop.rundir import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -85,10 +86,7 @@ def pack(folder, out, normalise_as=None):
     if normalise_as is not None:
         arrays.update(mean=np.array(CIFAR[normalise_as]["mean"]), std=np.array(CIFAR[normalise_as]["std"]))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:             # atomic: a killed pack never leaves a half-written npz
-        np.savez(f, **arrays)
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: np.savez(f, **arrays))     # a killed pack never leaves a half-written npz
     print(f"wrote {out}: {len(train_x)} train / {len(test_x)} test images of shape {train_x.shape[1:]}, "
           f"{len(classes)} classes ({', '.join(classes)})")
     return out
