@@ -245,14 +245,16 @@ def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
     config = _sweep_spec(tmp_path, runs=3, epochs=200)
     root = tmp_path / "runs"
     process = _python(["-m", "tinyitop", "sweep", config, "--root", str(root), "--workers", "1"])
-    first = root / "tiny" / "seed=0" / "metrics.jsonl"
-    _wait_for(lambda: first.exists())
+    # Interrupt only once the first checkpoint is written (atomically, after the epoch's metrics
+    # line): waiting for metrics.jsonl alone let Ctrl-C land before it, 1 run in 4 under load.
+    first_checkpoint = root / "tiny" / "seed=0" / "checkpoint.npz"
+    _wait_for(lambda: first_checkpoint.exists())
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=90)
     assert process.returncode == 130 and "Traceback" not in err
     assert "Continue with: python -m tinyitop sweep" in err
     assert not (root / "tiny" / "seed=1").exists() and not (root / "tiny" / "seed=2").exists()   # none started
-    assert (root / "tiny" / "seed=0" / "checkpoint.npz").exists()             # the worker kept its checkpoint
+    assert first_checkpoint.exists()                                           # the worker kept its checkpoint
     time.sleep(0.5)
     pids = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
     assert not pids                                                            # no worker left running
