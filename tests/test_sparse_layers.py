@@ -6,7 +6,7 @@ from gradcheck import check_layer
 from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
 from tinyitop.layers import Conv2d, Parameter
-from tinyitop.sparse import GATHER_MAX_DENSITY, SparseConv2d, SparseLinear, SparseWeight, csr_from_flat, sddmm
+from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, choose_paths, csr_from_flat, sddmm
 
 
 def _mask(kind, shape, rng):
@@ -36,11 +36,18 @@ def _set_weight(layer, dense_w):
 MASKS = ["random", "empty_rows_and_cols", "dense", "single"]
 
 
+PATHS = [("csr", "gather"), ("csr", "dense+take"), ("dense", "gather"), ("dense", "dense+take")]
+
+
+def force_paths(monkeypatch, paths):
+    """Make every sparse layer take the given (product, gradient) paths, whatever its density."""
+    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, kind: paths)
+
+
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("force_gather", [False, True])
-def test_sparse_linear_equals_masked_dense(any_backend, host_rng, mask_kind, force_gather, monkeypatch):
-    if force_gather:   # exercise the gather (SDDMM) path at any density
-        monkeypatch.setattr("tinyitop.sparse.GATHER_MAX_DENSITY", 2.0)
+@pytest.mark.parametrize("paths", PATHS)
+def test_sparse_linear_equals_masked_dense(any_backend, host_rng, mask_kind, paths, monkeypatch):
+    force_paths(monkeypatch, paths)
     mask = _mask(mask_kind, (6, 9), host_rng)
     w = host_rng.standard_normal((6, 9)) * mask
     b = host_rng.standard_normal(6)
@@ -61,7 +68,9 @@ def test_sparse_linear_equals_masked_dense(any_backend, host_rng, mask_kind, for
 
 
 @pytest.mark.parametrize("mask_kind", MASKS)
-def test_sparse_conv_equals_masked_dense(any_backend, host_rng, mask_kind):
+@pytest.mark.parametrize("paths", PATHS)
+def test_sparse_conv_equals_masked_dense(any_backend, host_rng, mask_kind, paths, monkeypatch):
+    force_paths(monkeypatch, paths)
     dense = Conv2d(3, 4, 3, stride=2, padding=1).astype("float64")
     mask = _mask(mask_kind, (4, 27), host_rng)
     w = B.to_host(dense.weight.data).reshape(4, 27) * mask
@@ -79,16 +88,47 @@ def test_sparse_conv_equals_masked_dense(any_backend, host_rng, mask_kind):
     np.testing.assert_allclose(B.to_host(sparse.bias.grad), B.to_host(dense.bias.grad), atol=1e-12)
 
 
-@pytest.mark.parametrize("density", [0.01, 0.2])   # gather path and dense-then-take path
-def test_sparse_linear_gradient_check(host_rng, density):
-    layer = SparseLinear(60, 8, density).astype("float64")
-    assert (density < GATHER_MAX_DENSITY) == (layer.weight_param.density < GATHER_MAX_DENSITY)
+@pytest.mark.parametrize("paths", PATHS)
+def test_sparse_linear_gradient_check(host_rng, paths, monkeypatch):
+    force_paths(monkeypatch, paths)
+    layer = SparseLinear(60, 8, 0.2).astype("float64")
     check_layer(layer, host_rng.standard_normal((3, 60)), host_rng)
 
 
-def test_sparse_conv_gradient_check(host_rng):
+@pytest.mark.parametrize("paths", PATHS)
+def test_sparse_conv_gradient_check(host_rng, paths, monkeypatch):
+    force_paths(monkeypatch, paths)
     layer = SparseConv2d(2, 3, 3, padding=1, density=0.4).astype("float64")
     check_layer(layer, host_rng.standard_normal((2, 2, 4, 4)), host_rng)
+
+
+def test_paths_follow_the_measured_thresholds_and_the_memory_cap(monkeypatch):
+    low, high = SparseLinear(3072, 1024, 0.01), SparseLinear(3072, 1024, 0.2)
+    assert low.paths() == ("csr", "gather") and high.paths() == ("dense", "dense+take")
+    conv = SparseConv2d(64, 64, 3, density=0.02)           # conv: the gather loses earlier (long columns)
+    assert conv.paths() == ("csr", "dense+take")
+    monkeypatch.setattr("tinyitop.sparse.DENSE_BUFFER_MAX_BYTES", 3072 * 1024 * 4 - 1)
+    assert high.paths() == ("csr", "gather")                # too large to hold dense: sparse at any density
+    B.use_modules("cupy", B.xp, B.sparse)                   # the GPU's thresholds: dense from 0.3%
+    assert low.paths() == ("csr", "gather") and SparseLinear(3072, 100, 0.01).paths() == ("dense", "dense+take")
+
+
+def test_dense_path_buffer_is_reused_and_rebuilt_on_a_topology_change(monkeypatch):
+    force_paths(monkeypatch, ("dense", "dense+take"))
+    layer = SparseLinear(20, 10, 0.3).astype("float64")
+    x = B.to_device(np.random.default_rng(0).standard_normal((4, 20)))
+    layer.forward(x)
+    buffer = layer.dense_weight
+    layer.weight_param.data[...] *= 2                       # SGD changed the values: re-scattered
+    y = layer.forward(x)
+    assert layer.dense_weight is buffer
+    np.testing.assert_allclose(y, x @ layer.weight.toarray().T + layer.bias.data, rtol=1e-12)
+    w = layer.weight_param
+    flat = w.flat_positions()[1:]                           # a new topology, one nonzero fewer
+    w.set_topology(flat, w.data[1:].copy())
+    y = layer.forward(x)
+    assert layer.dense_weight is not buffer and np.count_nonzero(layer.dense_weight) == w.nnz
+    np.testing.assert_allclose(y, x @ layer.weight.toarray().T + layer.bias.data, rtol=1e-12)
 
 
 def test_weight_is_a_true_csr_matrix():

@@ -16,7 +16,7 @@ def _shortcut(in_planes, out_planes, stride):
 class _Residual(Module):
     def forward(self, x):
         skip = x if self.shortcut is None else self.shortcut.forward(x)
-        return self.relu_out.forward(self.branch.forward(x) + skip)
+        return self.relu_out.forward_add(self.branch.forward(x), skip)   # relu(branch + skip)
 
     def backward(self, dout):
         d_sum = self.relu_out.backward(dout)      # the same gradient flows into both paths

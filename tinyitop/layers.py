@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from tinyitop import backend as B
+from tinyitop import fused
 from tinyitop.im2col import col2im, im2col, output_size
 
 DEFAULT_DTYPE = "float32"
@@ -224,7 +225,7 @@ class _BatchNorm(Module):
         self.bias = Parameter(xp.zeros(num_features, dtype=DEFAULT_DTYPE))     # beta
         self.running_mean = xp.zeros(num_features, dtype=DEFAULT_DTYPE)
         self.running_var = xp.ones(num_features, dtype=DEFAULT_DTYPE)
-        self.x_hat = self.std = None
+        self.x_hat = self.inv_std = None
 
     def _shape(self, vector):
         """(C,) -> broadcastable against the input: (1, C) or (1, C, 1, 1)."""
@@ -236,29 +237,31 @@ class _BatchNorm(Module):
             count = x.size // self.num_features
             if count < 2:
                 raise ValueError(f"{type(self).__name__} in train mode needs more than one value per channel")
-            mean = x.mean(axis=self.axes, keepdims=True)
+            mean = x.mean(axis=self.axes, keepdims=True)                   # (1, C, 1, 1) for images
             centred = x - mean
             var = (centred * centred).mean(axis=self.axes, keepdims=True)   # biased, used to normalise
-            m = self.momentum
-            self.running_mean = (1 - m) * self.running_mean + m * mean.reshape(-1)
-            self.running_var = (1 - m) * self.running_var + m * var.reshape(-1) * (count / (count - 1))
+            fused.running_update(self.running_mean, mean.reshape(-1), self.momentum)
+            fused.running_update(self.running_var, var.reshape(-1), self.momentum, count / (count - 1))
         else:
-            centred = x - self._shape(self.running_mean)
-            var = self._shape(self.running_var)
-        self.std = B.xp.sqrt(var + self.eps)
-        self.x_hat = centred / self.std
-        return self._shape(self.weight.data) * self.x_hat + self._shape(self.bias.data)
+            mean, var = self._shape(self.running_mean), self._shape(self.running_var)
+        self.inv_std = fused.inverse_std(var, self.eps)                    # 1 / sqrt(var + eps)
+        # x_hat = (x - mean) / std and y = gamma x_hat + beta, one kernel on a GPU
+        self.x_hat, y = fused.bn_normalise(x, mean, self.inv_std, self._shape(self.weight.data),
+                                           self._shape(self.bias.data))
+        return y
 
     def backward(self, dout):
         axes = self.axes
         self.bias.grad = dout.sum(axis=axes)                         # (C,)
         self.weight.grad = (dout * self.x_hat).sum(axis=axes)        # (C,)
-        dx_hat = dout * self._shape(self.weight.data)
+        scale = self._shape(self.weight.data) * self.inv_std         # gamma / std
         if not self.training:                                        # statistics are constants
-            return dx_hat / self.std
-        # Mean and variance depend on x too: the two mean terms below are their gradients.
-        return (dx_hat - dx_hat.mean(axis=axes, keepdims=True)
-                - self.x_hat * (dx_hat * self.x_hat).mean(axis=axes, keepdims=True)) / self.std
+            return dout * scale
+        # Mean and variance depend on x too: the two mean terms are their gradients,
+        # dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), the means being the two sums / count.
+        count = dout.size // self.num_features
+        return fused.bn_input_grad(dout, self.x_hat, scale, self._shape(self.bias.grad) / count,
+                                   self._shape(self.weight.grad) / count)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -272,12 +275,19 @@ class BatchNorm2d(_BatchNorm):
 
 
 class ReLU(Module):
+    """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask)."""
+
     def forward(self, x):
-        self.mask = x > 0
-        return x * self.mask
+        self.y = fused.relu(x)
+        return self.y
+
+    def forward_add(self, a, b):
+        """relu(a + b), the end of a residual block: one kernel on a GPU."""
+        self.y = fused.add_relu(a, b)
+        return self.y
 
     def backward(self, dout):
-        return dout * self.mask
+        return fused.relu_backward(dout, self.y)
 
 
 class _Pool2d(Module):

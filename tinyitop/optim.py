@@ -7,6 +7,7 @@ surviving weights over and starts grown ones at zero (Liu et al. 2021, Appendix:
 import math
 
 from tinyitop import backend as B
+from tinyitop import fused
 
 
 class SGD:
@@ -21,14 +22,13 @@ class SGD:
         self._name_of = {id(p): name for name, p in self.params}
 
     def step(self):
-        m = self.momentum
+        # Per parameter, in place (for CSR weights this writes the CSR's .data):
+        #   g = grad + weight_decay * p;  v = momentum * v + g  (no dampening)
+        #   p -= lr * (g + momentum * v)  with Nesterov, else  p -= lr * v
+        # one fused kernel per parameter on a GPU (tinyitop/fused.py).
         for name, p in self.params:
-            g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
-            v = self.velocity[name]
-            v *= m
-            v += g                                     # v = m v + g (no dampening)
-            update = g + m * v if self.nesterov else v
-            p.data -= self.lr * update                 # in place: for CSR weights this writes .data
+            fused.sgd_step(p.data, p.grad, self.velocity[name], self.lr, self.momentum, self.weight_decay,
+                           self.nesterov)
 
     def remap(self, param, source):
         """After a topology update of `param`: new slot j takes old slot source[j]; < 0 -> zero."""

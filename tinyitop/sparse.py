@@ -2,8 +2,11 @@
 
 SET (Mocanu et al. 2018) and ITOP (Liu et al. 2021) train such layers from scratch. Here the weight
 *is* a `scipy.sparse` / `cupyx.scipy.sparse` CSR matrix (out, in) or (out, in*kh*kw): no dense weight
-and no dense mask exist. Forward is CSR @ dense, dx is CSR^T @ dense, and the weight gradient is
-computed only at the nonzeros (a sampled dense-dense product, SDDMM).
+and no dense mask exist. Below a measured crossover density forward is
+CSR @ dense, dx is CSR^T @ dense, and the weight gradient is computed only at the nonzeros (a
+sampled dense-dense product, SDDMM); above it, where the device's dense kernels are faster, the
+CSR's values are scattered into a dense buffer for the products (`choose_paths`). Either way the
+weight, its gradient and the optimizer state stay sized by the number of nonzeros.
 """
 import math
 import os
@@ -13,10 +16,45 @@ from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
 from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
 
-# Below this density the gradient is gathered at the nonzeros; above it, the dense product
-# dY^T X followed by a take is faster (crossover measured at ~2% on a 2-core Xeon (PERF-NOTES) and
-# ~3% on a 2-core EPYC with slower BLAS: benchmarks/bench_sparse.py prints the path of each layer).
-GATHER_MAX_DENSITY = 0.03
+# ---- Which kernel for which layer: measured break-evens ---------------------------------------
+# Is truly sparse training faster? Only below a density that depends on the device. A sparse layer
+# does three products per step: forward W @ X, dx W^T @ dY, and the weight gradient at the nonzeros.
+# Each has two paths:
+#   "csr":   the CSR kernel (scipy.sparse / cuSPARSE) for W @ X and W^T @ dY;
+#   "dense": the CSR's values scattered into a reused dense (out, in) buffer, then BLAS / cuBLAS;
+#   "gather":     the gradient at the nonzeros only (SDDMM, `sddmm` below);
+#   "dense+take": the dense gradient dY X^T, then a take at the nonzeros.
+# The sparse path wins below a crossover density, measured per device and layer kind by
+# `python benchmarks/bench_breakeven.py` (batch 128; the tables and figure are in the README):
+#   CPU (this project's 2-core EPYC, OpenBLAS; PERF-NOTES' Xeon agrees within a factor 1.5):
+#     CSR forward/dx beat BLAS up to 2% on every shape and lose from 5% (the MLP's 1024x3072 ties
+#     at ~4%); so 3.5% for conv layers, 5% for linear ones, whose CSR dx still wins at 5%.
+#     The gather beats dense+take up to 2% on the MLP's layers (M = 128 columns) but only up to
+#     0.5-1% on conv layers, whose M = batch x pixels (up to 131072) makes each nonzero's dot
+#     product a long, cache-missing one while BLAS gets more efficient.
+#   GPU (H200, GPU-NOTES; the H100 measured by the same benchmark): cuSPARSE beats cuBLAS only
+#     below ~0.1-0.5% (the 10000x10000 layer), and the gather loses to dense+take from 0.5% up.
+# The thresholds are constants, not calibrated at run time, so one run always takes the same paths
+# and a resumed run stays bit-identical.
+PRODUCT_CSR_MAX_DENSITY = {"numpy": {"linear": 0.05, "conv": 0.035}, "cupy": {"linear": 0.003, "conv": 0.003}}
+GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.007}, "cupy": {"linear": 0.003, "conv": 0.003}}
+# A layer whose dense (out, in) matrix would exceed this stays on the sparse paths at any density:
+# the wide 10000x10000 layer would need 400 MB per dense buffer (and as much for a dense gradient),
+# which is what truly sparse training exists to avoid. 64 MiB holds any conv layer of ResNet/VGG
+# (the largest, 512x4608, is 9 MB) and the paper MLP's fc1 (12.6 MB).
+DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
+
+
+def choose_paths(weight, kind):
+    """(product path, gradient path) of a SparseWeight in a "linear" or "conv" layer, on the active
+    backend: "csr" or "dense", and "gather" or "dense+take" (see the thresholds above)."""
+    fits = weight.numel * weight.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES
+    density = weight.density
+    product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][kind] or not fits else "dense"
+    gradient = "gather" if density < GATHER_MAX_DENSITY[B.name][kind] or not fits else "dense+take"
+    return product, gradient
+
+
 # The gather runs in chunks: ~1k nonzeros keep both gathered operands in cache on a CPU (3x faster
 # than 16k); a GPU wants a few large kernels instead of many small ones.
 CPU_CHUNK, GPU_CHUNK = 1024, 1 << 18   # GPU: 256k nonzeros x 128 samples = 128 MiB per operand
@@ -101,7 +139,7 @@ class SparseWeight(Parameter):
     def __init__(self, csr):
         self.csr = csr
         self.grad = None
-        self._rows = self._plan = None
+        self._rows = self._plan = self._flat = self._dense = None
 
     @property
     def data(self):
@@ -131,9 +169,13 @@ class SparseWeight(Parameter):
 
     def nbytes(self):
         """Bytes held for this weight: CSR arrays, gradient and the cached index arrays."""
-        held = [self.csr.data, self.csr.indices, self.csr.indptr, self.grad, self._rows]
+        held = [self.csr.data, self.csr.indices, self.csr.indptr, self.grad, self._rows, self._flat]
         held += list(self._plan or ())
         return int(sum(a.nbytes for a in held if a is not None))
+
+    def scratch_nbytes(self):
+        """Bytes of the dense buffer of the dense-product path (0 on the CSR path)."""
+        return 0 if self._dense is None else int(self._dense.nbytes)
 
     @property
     def density(self):
@@ -164,14 +206,33 @@ class SparseWeight(Parameter):
         return self._plan
 
     def flat_positions(self):
-        """Sorted flat positions row * n_cols + col of the nonzeros, (nnz,) int64."""
-        xp = B.xp
-        return self.rows().astype(xp.int64) * self.csr.shape[1] + self.csr.indices.astype(xp.int64)
+        """Sorted flat positions row * n_cols + col of the nonzeros, (nnz,) int64 (cached until the
+        topology changes)."""
+        if self._flat is None:
+            xp = B.xp
+            self._flat = self.rows().astype(xp.int64) * self.csr.shape[1] + self.csr.indices.astype(xp.int64)
+        return self._flat
+
+    def scatter_dense(self):
+        """The weight as a dense (out, in) array, for the dense-product path (not `toarray()`).
+
+        One buffer per layer, zeroed once per topology (the zeros stay zeros until the next
+        update); each call scatters the current values at the flat positions, since SGD has
+        changed them: one small kernel of nnz writes.
+        """
+        if self._dense is None:
+            self._dense = B.xp.zeros(self.csr.shape, dtype=self.csr.data.dtype)   # (out, in)
+        self._dense.reshape(-1)[self.flat_positions()] = self.csr.data
+        return self._dense
+
+    def take(self, dense):
+        """A dense (out, in) array's entries at the nonzeros, (nnz,) in CSR order."""
+        return dense.reshape(-1)[self.flat_positions()]
 
     def set_topology(self, flat, values):
         """Replace the CSR by the one with nonzeros at sorted `flat` positions holding `values`."""
         self.csr = csr_from_flat(flat, values, self.csr.shape)
-        self._rows = self._plan = None
+        self._rows = self._plan = self._flat = self._dense = None
         self.grad = None
 
     def astype(self, dtype):
@@ -204,6 +265,7 @@ class _SparseMixin:
 
     keep_dense_grad = False   # set by the topology engine before a RigL update step
     dense_grad = None         # (out, in) gradient of the last backward, only when keep_dense_grad
+    dense_weight = None       # (out, in) scattered weight of the last forward, on the dense path
 
     @property
     def weight(self):
@@ -221,21 +283,41 @@ class _SparseMixin:
         params = [("weight", self.weight_param)]
         return params + ([("bias", self.bias)] if self.bias is not None else [])
 
+    def paths(self):
+        """(product path, gradient path) this layer takes now: see choose_paths."""
+        return choose_paths(self.weight_param, self.kind)
+
+    def _product(self, x_t):
+        """W @ x_t: (out, in) @ (in, M) -> (out, M), on the path chosen for this layer's density."""
+        self.dense_weight = None
+        if self.paths()[0] == "csr":
+            return spmm(self.weight, x_t)
+        self.dense_weight = self.weight_param.scatter_dense()          # kept for dx in backward
+        return self.dense_weight @ x_t
+
+    def _product_t(self, dout_t):
+        """W^T @ dout_t: (in, out) @ (out, M) -> (in, M), on the path the forward took."""
+        if self.dense_weight is None:
+            return spmm(self.weight.T, dout_t)
+        return self.dense_weight.T @ dout_t
+
     def _weight_grad(self, dout_t, inputs_t):
         """dout_t (out, M), inputs_t (in, M), both feature-major -> gradient at the nonzeros."""
         w = self.weight_param
         self.dense_grad = None
-        if w.density < GATHER_MAX_DENSITY and not self.keep_dense_grad:
+        if self.paths()[1] == "gather" and not self.keep_dense_grad:
             order, rows, cols = w.gather_plan()
             return sddmm(dout_t, inputs_t, rows, cols, order)
         dense = dout_t @ inputs_t.T                                      # (out, M) @ (M, in) -> (out, in)
         if self.keep_dense_grad:        # RigL grows where this minibatch's dense gradient is largest
             self.dense_grad = dense
-        return dense[w.rows(), w.csr.indices]                            # take at the nonzeros
+        return w.take(dense)                                             # (nnz,) at the nonzeros
 
 
 class SparseLinear(_SparseMixin, Module):
     """y = x W^T + b with W a CSR matrix (out_features, in_features). x (N, in) -> (N, out)."""
+
+    kind = "linear"
 
     def __init__(self, in_features, out_features, density, bias=True, fan_in_scaling=False):
         self.in_features, self.out_features = in_features, out_features
@@ -245,7 +327,7 @@ class SparseLinear(_SparseMixin, Module):
     def forward(self, x):
         check_input(self, x, 2, self.in_features)
         self.x_t = B.xp.ascontiguousarray(x.T)          # (in, N) feature-major: contiguous row gathers
-        y_t = spmm(self.weight, self.x_t)                 # (out, in) @ (in, N) -> (out, N)
+        y_t = self._product(self.x_t)                     # (out, in) @ (in, N) -> (out, N)
         if self.bias is not None:
             y_t += self.bias.data[:, None]
         return y_t.T                                      # (N, out), a view
@@ -255,11 +337,13 @@ class SparseLinear(_SparseMixin, Module):
         if self.bias is not None:
             self.bias.grad = dout_t.sum(axis=1)           # (out,)
         self.weight_param.grad = self._weight_grad(dout_t, self.x_t)   # (nnz,)
-        return spmm(self.weight.T, dout_t).T              # (in, out) @ (out, N) -> (in, N) -> (N, in)
+        return self._product_t(dout_t).T                  # (in, out) @ (out, N) -> (in, N) -> (N, in)
 
 
 class SparseConv2d(_SparseMixin, Conv2d):
     """Conv2d whose weight is a CSR matrix (out, in*kh*kw) applied to the im2col columns."""
+
+    kind = "conv"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, density=1.0,
                  fan_in_scaling=False):
@@ -267,12 +351,12 @@ class SparseConv2d(_SparseMixin, Conv2d):
         self._init_parameters(out_channels, fan_in, density, bias, fan_in_scaling)
 
     def _matmul(self, cols):
-        return spmm(self.weight, cols)                                       # (O, CKK) @ (CKK, M)
+        return self._product(cols)                                           # (O, CKK) @ (CKK, M)
 
     def _backward_matmul(self, dout2):
         dout2 = B.xp.ascontiguousarray(dout2)                                # (O, M)
         self.weight_param.grad = self._weight_grad(dout2, self.cols)         # (nnz,)
-        return spmm(self.weight.T, dout2)                                    # (CKK, O) @ (O, M)
+        return self._product_t(dout2)                                        # (CKK, O) @ (O, M)
 
 
 SPARSE_TYPES = (SparseLinear, SparseConv2d)

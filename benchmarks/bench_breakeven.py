@@ -1,0 +1,135 @@
+"""Is truly sparse faster? The break-even density of each product, per device.
+
+For layer shapes of the paper's networks, times the three products of a sparse layer on both paths
+(tinyitop.sparse: "Which kernel for which layer") at several densities, synchronised on a GPU:
+  forward  W @ X      CSR kernel             vs  values scattered into a dense buffer, then BLAS
+  dx       W^T @ dY   CSR kernel (CSR^T)     vs  the same dense buffer, transposed
+  dW       gradient at the nonzeros: gather (SDDMM)  vs  dense dY X^T, then take
+and prints, per shape, the density below which the sparse path is faster: the constants
+PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse.py come from this table.
+  python benchmarks/bench_breakeven.py [--batch 128] [--plot breakeven.png]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from tinyitop import backend as B  # noqa: E402
+from tinyitop.sparse import (GATHER_MAX_DENSITY, PRODUCT_CSR_MAX_DENSITY, random_sparse_weight,  # noqa: E402
+                             sddmm, spmm)
+
+DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+# (label, out, in, columns per sample): the paper MLP's fc1 and fc2, and ResNet-18's 3x3 convs
+# (VGG-16's are the same shapes), whose im2col has one column per output pixel.
+SHAPES = [("MLP fc1 1024x3072", 1024, 3072, 1), ("MLP fc2 512x1024", 512, 1024, 1),
+          ("conv 64x576 @32x32", 64, 576, 1024), ("conv 128x1152 @16x16", 128, 1152, 256),
+          ("conv 256x2304 @8x8", 256, 2304, 64), ("conv 512x4608 @4x4", 512, 4608, 16)]
+WIDE = ("wide 10000x10000", 10000, 10000, 1)      # GPU only: its dense twin is 400 MB
+
+
+def sync():
+    if B.name == "cupy":
+        B.xp.cuda.Device().synchronize()
+
+
+def median_ms(fn, repeats):
+    fn()
+    fn()                           # warm-up: CuPy compiles kernels, caches plans
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def time_products(n_out, n_in, columns, density, repeats):
+    """ms of each product on each path for one (out, in) layer at `density` and `columns` columns."""
+    rng = np.random.default_rng(0)
+    weight = random_sparse_weight((n_out, n_in), density, n_in)
+    x_t = B.to_device(rng.standard_normal((n_in, columns)), dtype="float32")      # (in, M) feature-major
+    dy_t = B.to_device(rng.standard_normal((n_out, columns)), dtype="float32")    # (out, M)
+    csr = weight.csr
+    weight.scatter_dense()                                                          # the zeroing, once
+    order, rows, cols = weight.gather_plan()
+    return {
+        "fwd csr": median_ms(lambda: spmm(csr, x_t), repeats),
+        "fwd dense": median_ms(lambda: weight.scatter_dense() @ x_t, repeats),      # scatter + product
+        "dx csr": median_ms(lambda: spmm(csr.T, dy_t), repeats),
+        "dx dense": median_ms(lambda: weight.scatter_dense().T @ dy_t, repeats),
+        "dW gather": median_ms(lambda: sddmm(dy_t, x_t, rows, cols, order), repeats),
+        "dW dense+take": median_ms(lambda: weight.take(dy_t @ x_t.T), repeats),
+    }
+
+
+def crossover(densities, sparse_ms, dense_ms):
+    """Highest measured density at which the sparse path is still faster (0 if never)."""
+    wins = [d for d, s, t in zip(densities, sparse_ms, dense_ms) if s < t]
+    return max(wins) if wins else 0.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--plot", default=None, help="write the time-vs-density figure here (PNG)")
+    parser.add_argument("--shapes", type=int, default=None, help="only the first N shapes (a quick look)")
+    args = parser.parse_args()
+    print(B.describe(), f"| batch {args.batch} | float32 | ms, median of {args.repeats}")
+    shapes = SHAPES[:args.shapes] + ([WIDE] if B.name == "cupy" and args.shapes is None else [])
+    results = {}
+    for label, n_out, n_in, per_sample in shapes:
+        columns = per_sample * args.batch
+        print(f"\n{label}, M = {columns} columns")
+        print(f"{'density':>8s} " + " ".join(f"{k:>13s}" for k in ("fwd csr", "fwd dense", "dx csr", "dx dense",
+                                                                      "dW gather", "dW dense+take")))
+        rows = []
+        for density in DENSITIES:
+            ms = time_products(n_out, n_in, columns, density, args.repeats)
+            rows.append(ms)
+            print(f"{density:8.3f} " + " ".join(f"{v:13.3f}" for v in ms.values()), flush=True)
+        results[label] = rows
+    print(f"\nBreak-even: highest density (of {', '.join(map(str, DENSITIES))}) where the sparse path still wins")
+    print(f"{'shape':24s} {'forward':>8s} {'dx':>8s} {'dW':>8s}")
+    for label, rows in results.items():
+        cut = [crossover(DENSITIES, [r[a] for r in rows], [r[b] for r in rows])
+               for a, b in (("fwd csr", "fwd dense"), ("dx csr", "dx dense"), ("dW gather", "dW dense+take"))]
+        print(f"{label:24s} " + " ".join(f"{c:8.3f}" for c in cut))
+    print(f"tinyitop uses on {B.name}: CSR products below {PRODUCT_CSR_MAX_DENSITY[B.name]}, "
+          f"gather below {GATHER_MAX_DENSITY[B.name]} (tinyitop/sparse.py)")
+    if args.plot:
+        plot(results, args.plot)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(results)
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        rows = results[label]
+        for key, style in (("fwd csr", "C0-"), ("fwd dense", "C0--"), ("dx csr", "C1-"), ("dx dense", "C1--"),
+                           ("dW gather", "C2-"), ("dW dense+take", "C2--")):
+            ax.plot(DENSITIES, [r[key] for r in rows], style, marker=".", label=key)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axvline(PRODUCT_CSR_MAX_DENSITY[B.name], color="grey", lw=0.8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("density")
+    axes[0][0].set_ylabel("ms (solid: sparse path, dashed: dense)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{B.describe()}: sparse vs dense products; grey line = tinyitop's product threshold",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"figure: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Fused elementwise steps: one GPU kernel where plain array code launches many.
+
+On a GPU each small array operation costs ~12.5 us of launch overhead from Python (GPU-NOTES):
+the SGD update of the paper MLP was ~55 of them (0.68 ms; one fused kernel per parameter 0.19 ms),
+and BatchNorm, ReLU and the residual add are chains of the same kind. Each function below is the
+plain NumPy expression (what to read: the math) and, on CuPy, one `cupy.ElementwiseKernel` doing
+the same per element in one launch. The two are tested against each other on a real GPU
+(tests/test_gpu.py); on a CPU, and on the CPU stand-in for CuPy, the NumPy expression runs.
+"""
+from tinyitop import backend as B
+
+_kernels = {}
+
+
+def _kernel(name):
+    """The compiled CuPy kernel `name` (built once), or None where the plain expression runs.
+
+    The stand-in for CuPy (tests/fake_cupy.py) has CuPy's names but cannot compile CUDA: it takes
+    the plain path, like NumPy.
+    """
+    if B.name != "cupy" or not hasattr(B.xp, "ElementwiseKernel") or not hasattr(B.xp, "cuda"):
+        return None
+    if name not in _kernels:
+        inputs, outputs, body = _CUDA[name]
+        _kernels[name] = B.xp.ElementwiseKernel(inputs, outputs, body, f"tinyitop_{name}")
+    return _kernels[name]
+
+
+# CUDA bodies: (input params, output params, per-element code). Outputs may also be read (in place).
+_CUDA = {
+    "sgd": ("T grad, T lr, T momentum, T weight_decay, bool nesterov", "T param, T velocity",
+            "T g = grad + weight_decay * param;"
+            "velocity = momentum * velocity + g;"
+            "param -= lr * (nesterov ? g + momentum * velocity : velocity);"),
+    "bn_forward": ("T x, T mean, T inv_std, T gamma, T beta", "T x_hat, T y",
+                   "x_hat = (x - mean) * inv_std; y = gamma * x_hat + beta;"),
+    "bn_backward": ("T dout, T x_hat, T scale, T dbeta_mean, T dgamma_mean", "T dx",
+                    "dx = scale * (dout - dbeta_mean - x_hat * dgamma_mean);"),
+    "running_update": ("T value, T momentum, T factor", "T running",
+                       "running = ((T)1 - momentum) * running + momentum * value * factor;"),
+    "inv_std": ("T var, T eps", "T inv_std", "inv_std = (T)1 / sqrt(var + eps);"),
+    "relu_backward": ("T dout, T y", "T dx", "dx = y > 0 ? dout : (T)0;"),
+    "add_relu": ("T a, T b", "T y", "T s = a + b; y = s > 0 ? s : (T)0;"),
+}
+
+
+def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    """In place: v = m v + (g + wd p); p -= lr (g + wd p + m v) if Nesterov else lr v (PyTorch's SGD)."""
+    kernel = _kernel("sgd")
+    if kernel is not None:
+        kernel(grad, lr, momentum, weight_decay, bool(nesterov), param, velocity)
+        return
+    g = grad + weight_decay * param if weight_decay else grad
+    velocity *= momentum
+    velocity += g                                  # v = m v + g (no dampening)
+    param -= lr * (g + momentum * velocity if nesterov else velocity)
+
+
+def bn_normalise(x, mean, inv_std, gamma, beta):
+    """x_hat = (x - mean) / std and y = gamma x_hat + beta, broadcasting per channel -> (x_hat, y)."""
+    kernel = _kernel("bn_forward")
+    if kernel is not None:
+        return kernel(x, mean, inv_std, gamma, beta)
+    x_hat = (x - mean) * inv_std
+    return x_hat, gamma * x_hat + beta
+
+
+def running_update(running, value, momentum, factor=1.0):
+    """In place: running = (1 - momentum) running + momentum value factor (BN's running statistics)."""
+    kernel = _kernel("running_update")
+    if kernel is not None:
+        kernel(value, momentum, factor, running)
+        return
+    running *= 1 - momentum
+    running += momentum * value * factor
+
+
+def inverse_std(var, eps):
+    """1 / sqrt(var + eps)."""
+    kernel = _kernel("inv_std")
+    if kernel is not None:
+        return kernel(var, eps)
+    return 1 / B.xp.sqrt(var + eps)
+
+
+def bn_input_grad(dout, x_hat, scale, dbeta_mean, dgamma_mean):
+    """dx = scale (dout - mean(dout) - x_hat mean(dout x_hat)), the per-channel means given."""
+    kernel = _kernel("bn_backward")
+    if kernel is not None:
+        return kernel(dout, x_hat, scale, dbeta_mean, dgamma_mean)
+    return scale * (dout - dbeta_mean - x_hat * dgamma_mean)
+
+
+def relu(x):
+    """max(x, 0): one kernel on both backends."""
+    return B.xp.maximum(x, 0)
+
+
+def relu_backward(dout, y):
+    """dout where the ReLU's output y > 0, else 0."""
+    kernel = _kernel("relu_backward")
+    if kernel is not None:
+        return kernel(dout, y)
+    return dout * (y > 0)
+
+
+def add_relu(a, b):
+    """max(a + b, 0): the end of a residual block, one kernel on a GPU."""
+    kernel = _kernel("add_relu")
+    if kernel is not None:
+        return kernel(a, b)
+    return B.xp.maximum(a + b, 0)
