@@ -100,8 +100,10 @@ def main():
         cut = [crossover(DENSITIES, [r[a] for r in rows], [r[b] for r in rows])
                for a, b in (("fwd csr", "fwd dense"), ("dx csr", "dx dense"), ("dW gather", "dW dense+take"))]
         print(f"{label:24s} " + " ".join(f"{c:8.3f}" for c in cut))
-    print(f"tinyitop uses on {B.name}: CSR products below {PRODUCT_CSR_MAX_DENSITY[B.name]}, "
-          f"gather below {GATHER_MAX_DENSITY[B.name]} (tinyitop/sparse.py)")
+    for kind in ("linear", "conv"):
+        print(f"tinyitop's thresholds on {B.name}, {kind} layers: CSR products below "
+              f"{PRODUCT_CSR_MAX_DENSITY[B.name][kind]}, gather below {GATHER_MAX_DENSITY[B.name][kind]} "
+              f"(tinyitop/sparse.py)")
     if args.plot:
         plot(results, args.plot)
 
@@ -119,7 +121,8 @@ def plot(results, path):
             ax.plot(DENSITIES, [r[key] for r in rows], style, marker=".", label=key)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.axvline(PRODUCT_CSR_MAX_DENSITY[B.name], color="grey", lw=0.8)
+        kind = "conv" if label.startswith("conv") else "linear"
+        ax.axvline(PRODUCT_CSR_MAX_DENSITY[B.name][kind], color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("density")
     axes[0][0].set_ylabel("ms (solid: sparse path, dashed: dense)")

@@ -20,10 +20,17 @@ def numpy_backend_by_default():
     B.use_modules(*saved)
 
 
+# TINYITOP_TEST_REAL_CUPY=1 (on a GPU machine) runs the `any_backend` tests on real CuPy in place
+# of the stand-in: the same tests, on the GPU (benchmarks/gpu_session.sh does this).
+REAL_CUPY = os.environ.get("TINYITOP_TEST_REAL_CUPY") == "1"
+
+
 @pytest.fixture(params=["numpy", "fake_cupy"])
 def any_backend(request):
     """Run a test on NumPy and on the CPU stand-in for CuPy (device arrays refuse host conversion)."""
-    if request.param == "fake_cupy":
+    if request.param == "fake_cupy" and REAL_CUPY:
+        B.use("cupy")
+    elif request.param == "fake_cupy":
         if not fake_cupy.AVAILABLE:
             pytest.skip("the CuPy stand-in checks names against the installed CuPy: pip install cupy-cuda12x")
         B.use_modules("cupy", fake_cupy.xp, fake_cupy.sparse)

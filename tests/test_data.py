@@ -168,3 +168,25 @@ def test_validation_split_is_fixed_and_disjoint():
     (tx, ty), (vx, vy) = data.split_validation(x, y, 0.1, seed=3)
     assert len(vy) == 10 and len(ty) == 90 and not set(vy) & set(ty)
     assert data.split_validation(x, y, 0.1, seed=3)[1][1].tolist() == vy.tolist()
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "zero"])
+@pytest.mark.parametrize("train_augment", [False, True])
+def test_device_batches_equal_host_batches(any_backend, pad_mode, train_augment):
+    """On CuPy the data set is uploaded once and cut/cropped/flipped/normalised on the device from
+    the host generator's draws: the same batches as the host pipeline, on either backend."""
+    from tinyitop import backend as B
+    x = np.random.default_rng(5).integers(0, 256, (37, 3, 6, 6), dtype=np.uint8)
+    y = np.arange(37)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    got = list(data.batches(x, y, 8, mean, std, np.random.default_rng(9), train_augment, pad_mode))
+    rng = np.random.default_rng(9)                                  # the host pipeline, by hand
+    order = rng.permutation(37)
+    for start, (images, labels) in zip(range(0, 37, 8), got):
+        index = order[start:start + 8]
+        expected = x[index]
+        if train_augment:
+            expected = data.augment(expected, rng, pad_mode=pad_mode)
+        assert isinstance(images, B.xp.ndarray) and images.dtype == np.float32
+        np.testing.assert_allclose(B.to_host(images), data.normalise(expected, mean, std), rtol=1e-6)
+        np.testing.assert_array_equal(B.to_host(labels), y[index])

@@ -30,3 +30,77 @@ def test_mlp_on_gpu_matches_numpy():
     loss_fn.forward(out, B.to_device(np.array([0, 1, 2, 0])))
     gpu_model.backward(loss_fn.backward())
     SGD(gpu_model.named_parameters()).step()
+
+
+def _plain(function, *args):
+    """Run a tinyitop.fused function on the plain-expression path (as on NumPy), on device arrays."""
+    import tinyitop.fused as fused
+    saved = fused._kernel
+    fused._kernel = lambda name: None
+    try:
+        return function(*args)
+    finally:
+        fused._kernel = saved
+
+
+def test_fused_kernels_equal_their_plain_expressions_on_gpu():
+    _cupy_or_skip()
+    import tinyitop.fused as fused
+    rng = np.random.default_rng(3)
+    dev = lambda *shape: B.to_device(rng.standard_normal(shape), dtype="float32")  # noqa: E731
+    for nesterov in (True, False):
+        p, g, v = dev(50), dev(50), dev(50)
+        p2, v2 = p.copy(), v.copy()
+        fused.sgd_step(p, g, v, 0.1, 0.9, 5e-4, nesterov)
+        _plain(fused.sgd_step, p2, g, v2, 0.1, 0.9, 5e-4, nesterov)
+        np.testing.assert_allclose(B.to_host(p), B.to_host(p2), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(B.to_host(v), B.to_host(v2), rtol=1e-5, atol=1e-6)
+    x, mean, inv, gamma, beta = dev(4, 3, 5, 5), dev(1, 3, 1, 1), abs(dev(1, 3, 1, 1)), dev(1, 3, 1, 1), dev(1, 3, 1, 1)
+    for got, want in zip(fused.bn_normalise(x, mean, inv, gamma, beta), _plain(fused.bn_normalise, x, mean, inv, gamma, beta)):
+        np.testing.assert_allclose(B.to_host(got), B.to_host(want), rtol=1e-5, atol=1e-6)
+    args = (dev(4, 3, 5, 5), x, gamma, mean, beta)
+    np.testing.assert_allclose(B.to_host(fused.bn_input_grad(*args)), B.to_host(_plain(fused.bn_input_grad, *args)),
+                               rtol=1e-5, atol=1e-6)
+    r1, r2, value = dev(3), None, dev(3)
+    r2 = r1.copy()
+    fused.running_update(r1, value, 0.1, 1.5)
+    _plain(fused.running_update, r2, value, 0.1, 1.5)
+    np.testing.assert_allclose(B.to_host(r1), B.to_host(r2), rtol=1e-6)
+    var = abs(dev(3))
+    np.testing.assert_allclose(B.to_host(fused.inverse_std(var, 1e-5)), B.to_host(_plain(fused.inverse_std, var, 1e-5)),
+                               rtol=1e-6)
+    a, b, dout = dev(6, 7), dev(6, 7), dev(6, 7)
+    np.testing.assert_array_equal(B.to_host(fused.add_relu(a, b)), B.to_host(_plain(fused.add_relu, a, b)))
+    y = fused.relu(a)
+    np.testing.assert_array_equal(B.to_host(fused.relu_backward(dout, y)), B.to_host(_plain(fused.relu_backward, dout, y)))
+
+
+@pytest.mark.parametrize("paths", [("csr", "gather"), ("dense", "dense+take")])
+def test_sparse_resnet_step_on_gpu_matches_numpy(paths, monkeypatch):
+    """A small sparse ResNet: one forward/backward/SGD step on the GPU equals the CPU's (float32)."""
+    from tinyitop.blocks import BasicBlock
+    from tinyitop.layers import Flatten, AvgPool2d, Conv2d, BatchNorm2d, Linear, ReLU, Sequential
+    from tinyitop.models import sparsify
+    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, kind: paths)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 8)
+
+    def run():
+        B.seed(0)
+        model = Sequential(Conv2d(3, 8, 3, padding=1, bias=False), BatchNorm2d(8), ReLU(), BasicBlock(8, 16, stride=2),
+                           AvgPool2d(4), Flatten(), Linear(16, 5))
+        sparsify(model, 0.7)
+        loss_fn = SoftmaxCrossEntropy()
+        loss = loss_fn.forward(model.forward(B.to_device(x)), B.to_device(y))
+        model.backward(loss_fn.backward())
+        SGD(model.named_parameters()).step()
+        return float(loss), {n: B.to_host(p.data) for n, p in model.named_parameters()}
+
+    B.use("numpy")
+    cpu_loss, cpu_params = run()
+    _cupy_or_skip()
+    gpu_loss, gpu_params = run()
+    assert abs(gpu_loss - cpu_loss) < 1e-4
+    for name in cpu_params:
+        np.testing.assert_allclose(gpu_params[name], cpu_params[name], rtol=1e-3, atol=1e-5, err_msg=name)

@@ -80,3 +80,22 @@ def test_tiny_model_overfits_a_fixed_batch():
         opt.step()
     predictions = B.to_host(model.forward(x).argmax(axis=1))
     assert (predictions == labels).mean() == 1.0
+
+
+def test_first_layer_skips_the_input_gradient_and_other_gradients_are_unchanged(host_rng):
+    from tinyitop.models import skip_input_gradient
+    from tinyitop.losses import SoftmaxCrossEntropy
+    x = host_rng.standard_normal((4, 12))
+    grads = []
+    for skip in (False, True):
+        B.seed(0)
+        model = mlp(12, (8,), 3, sparsity=0.5).astype("float64")
+        if skip:
+            assert skip_input_gradient(model) == "fc1"
+        loss_fn = SoftmaxCrossEntropy()
+        loss_fn.forward(model.forward(x), np.array([0, 1, 2, 0]))
+        dx = model.backward(loss_fn.backward())
+        assert (dx is None) == skip
+        grads.append({n: p.grad.copy() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name])

@@ -296,7 +296,13 @@ def normalise(images, mean, std):
     return (images.astype(np.float32) / np.float32(255) - mean) / std
 
 
-def augment(images, rng, pad=4, pad_mode="reflect"):
+def crop_draws(rng, n, pad=4):
+    """The host draws of one augmented batch: crop offsets (2, n) in [0, 2 pad] and flips (n,) bool."""
+    offsets = rng.integers(0, 2 * pad + 1, size=(2, n))
+    return offsets, rng.random(n) < 0.5
+
+
+def augment(images, rng, pad=4, pad_mode="reflect", draws=None):
     """Random crop after padding by `pad`, and random horizontal flip, for a whole batch.
 
     The ITOP reference pads by reflection (torchvision RandomCrop(32, 4, padding_mode='reflect'),
@@ -309,19 +315,70 @@ def augment(images, rng, pad=4, pad_mode="reflect"):
     padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
                     mode="reflect" if pad_mode == "reflect" else "constant")           # (N, C, H+2p, W+2p)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (N, C, 2p+1, 2p+1, H, W)
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    (dy, dx), flip = draws if draws is not None else crop_draws(rng, n, pad)
     crops = windows[np.arange(n), :, dy, dx]                                          # (N, C, H, W)
-    flip = rng.random(n) < 0.5
     crops[flip] = crops[flip][..., ::-1]
     return crops
 
 
 def batches(x, y, batch_size, mean, std, rng=None, train_augment=False, pad_mode="reflect"):
-    """Yield (images, labels) on the device; shuffled (and augmented if asked) when `rng` is given."""
+    """Yield (images, labels) on the device; shuffled (and augmented if asked) when `rng` is given.
+
+    The host generator makes every draw (order, crop offsets, flips) on both backends, so NumPy
+    and CuPy see the same batches. On CuPy the data set is uploaded once and each batch is cut,
+    cropped, flipped and normalised on the GPU (`_device_batch`): no per-step host work or copy
+    of images (GPU-NOTES: 0.68 s of host work per CIFAR epoch otherwise).
+    """
     order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+    on_device = B.resolve() == "cupy"
+    if on_device:
+        x_dev, y_dev = _resident(x), _resident(y)
+        order_dev = B.to_device(order)                                   # one copy per epoch
     for start in range(0, len(x), batch_size):
         index = order[start:start + batch_size]
+        offsets = flip = None
+        if train_augment:
+            offsets, flip = crop_draws(rng, len(index))
+        if on_device:
+            index_dev = order_dev[start:start + batch_size]
+            yield _device_batch(x_dev, index_dev, offsets, flip, mean, std, pad_mode), y_dev[index_dev]
+            continue
         images = x[index]
         if train_augment:
-            images = augment(images, rng, pad_mode=pad_mode)
+            images = augment(images, rng, pad_mode=pad_mode, draws=(offsets, flip))
         yield B.to_device(normalise(images, mean, std)), B.to_device(y[index])
+
+
+_resident_arrays = {}     # id(host array) -> (host array, device copy): train, val and test sets
+
+
+def _resident(host):
+    """The device copy of a host data array, uploaded on first use (a few arrays at most)."""
+    key = id(host)
+    if key not in _resident_arrays or _resident_arrays[key][0] is not host:
+        if len(_resident_arrays) >= 4:                     # SNIP's one-batch arrays must not pile up
+            _resident_arrays.pop(next(iter(_resident_arrays)))
+        _resident_arrays[key] = (host, B.to_device(host))
+    return _resident_arrays[key][1]
+
+
+def _device_batch(x_dev, index, offsets, flip, mean, std, pad_mode, pad=4):
+    """On the device: images x_dev[index] (uint8 NCHW), cropped at `offsets` and flipped where `flip`
+    (host draws; None: no augmentation), then normalised -> float32 (N, C, H, W). Same as
+    `augment` + `normalise` on the host, as one gather and one normalisation."""
+    xp = B.xp
+    images = x_dev[index]                                                    # (N, C, H, W) uint8
+    if offsets is not None:
+        n, c, h, w = images.shape
+        padded = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                        mode="reflect" if pad_mode == "reflect" else "constant")   # (N, C, H+2p, W+2p)
+        draws = B.to_device(np.concatenate([offsets, flip[None].astype(offsets.dtype)]))   # (3, N): one copy
+        dy, dx, flipped = draws[0], draws[1], draws[2]
+        rows = dy[:, None] + xp.arange(h)                                     # (N, H)
+        cols = dx[:, None] + xp.arange(w)                                     # (N, W)
+        cols = xp.where(flipped[:, None] == 1, cols[:, ::-1], cols)           # a flip reads columns backwards
+        images = padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
+                        rows[:, None, :, None], cols[:, None, None, :]]       # (N, C, H, W), one gather
+    mean = B.to_device(np.asarray(mean, dtype=np.float32)[None, :, None, None])
+    std = B.to_device(np.asarray(std, dtype=np.float32)[None, :, None, None])
+    return (images.astype(xp.float32) / xp.float32(255) - mean) / std

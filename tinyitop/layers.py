@@ -46,6 +46,9 @@ class Module:
     param_names = ()    # attributes holding Parameters, e.g. ("weight", "bias")
     buffer_names = ()   # attributes holding non-trained state, e.g. BN running statistics
     training = True
+    # False on a network's first layer (models.skip_input_gradient): the gradient with respect to
+    # the input images is never used, so backward skips its product (and col2im) and returns None.
+    input_grad = True
 
     def __call__(self, x):
         return self.forward(x)
@@ -146,6 +149,8 @@ class Linear(Module):
         self.weight.grad = dout.T @ self.x    # (out, N) @ (N, in) -> (out, in)
         if self.bias is not None:
             self.bias.grad = dout.sum(axis=0)  # (out,)
+        if not self.input_grad:
+            return None
         return dout @ self.weight.data        # (N, out) @ (out, in) -> (N, in)
 
 
@@ -201,12 +206,16 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.grad = dout2.sum(axis=1)                              # (O,)
         dcols = self._backward_matmul(dout2)                                # (C*KH*KW, N*OH*OW)
+        if dcols is None:                                                   # first layer: no dx
+            return None
         kh, kw = self.kernel_size
         return col2im(dcols, self.x_shape, kh, kw, self.stride, self.padding)
 
     def _backward_matmul(self, dout2):
         w2 = self.weight.data.reshape(self.out_channels, -1)                # (O, CKK)
         self.weight.grad = (dout2 @ self.cols.T).reshape(self.weight.shape)  # (O, M) @ (M, CKK)
+        if not self.input_grad:
+            return None
         return w2.T @ dout2                                                 # (CKK, O) @ (O, M)
 
 
@@ -380,4 +389,6 @@ class Sequential(Module):
     def backward(self, dout):
         for layer in reversed(self.layers()):
             dout = layer.backward(dout)
+            if dout is None:            # the input layer (input_grad False): nothing below needs a gradient
+                return None
         return dout

@@ -149,3 +149,14 @@ def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False,
 
 
 MODELS = {"vgg16": vgg16, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+
+
+def skip_input_gradient(model):
+    """Mark the first Linear/Conv2d (dense or sparse) as the input layer: its backward computes its
+    weight gradients but not dL/dx, which nothing uses (PyTorch skips it the same way). That saves
+    one product and one col2im per step; returns the layer's name."""
+    for name, module in model.named_modules():
+        if isinstance(module, (Linear, Conv2d)) or hasattr(module, "weight_param"):
+            module.input_grad = False
+            return name
+    return None

@@ -55,9 +55,11 @@ def choose_paths(weight, kind):
     return product, gradient
 
 
-# The gather runs in chunks: ~1k nonzeros keep both gathered operands in cache on a CPU (3x faster
-# than 16k); a GPU wants a few large kernels instead of many small ones.
-CPU_CHUNK, GPU_CHUNK = 1024, 1 << 18   # GPU: 256k nonzeros x 128 samples = 128 MiB per operand
+# The gather runs in chunks of nonzeros sized by bytes, since each nonzero gathers one row of M
+# values from each operand (M = batch for a linear layer, batch x pixels for a conv layer): ~512 KiB
+# per operand keeps both in cache on a CPU (1024 nonzeros at M = 128, 3x faster than 16k); a GPU
+# wants a few large kernels instead of many small ones (128 MiB: 256k nonzeros at M = 128).
+CPU_CHUNK_BYTES, GPU_CHUNK_BYTES = 512 * 2 ** 10, 128 * 2 ** 20
 # On a CPU the gather visits the nonzeros by blocks of 512 input features (256 KiB of a 128-sample
 # operand: stays in L2), which made the gather 1.3-1.6x faster on a 10000x10000 layer.
 COLUMN_BLOCK = 512
@@ -118,7 +120,8 @@ def sddmm(left, right, rows, cols, order=None):
     xp = B.xp
     nnz = rows.size
     result = xp.empty(nnz, dtype=left.dtype)
-    chunk = CPU_CHUNK if B.name == "numpy" else GPU_CHUNK
+    row_bytes = left.shape[1] * left.dtype.itemsize                     # one gathered row: M values
+    chunk = max(16, (CPU_CHUNK_BYTES if B.name == "numpy" else GPU_CHUNK_BYTES) // row_bytes)
 
     def run(start, stop):
         for s in range(start, stop, chunk):
@@ -337,6 +340,8 @@ class SparseLinear(_SparseMixin, Module):
         if self.bias is not None:
             self.bias.grad = dout_t.sum(axis=1)           # (out,)
         self.weight_param.grad = self._weight_grad(dout_t, self.x_t)   # (nnz,)
+        if not self.input_grad:
+            return None
         return self._product_t(dout_t).T                  # (in, out) @ (out, N) -> (in, N) -> (N, in)
 
 
@@ -356,6 +361,8 @@ class SparseConv2d(_SparseMixin, Conv2d):
     def _backward_matmul(self, dout2):
         dout2 = B.xp.ascontiguousarray(dout2)                                # (O, M)
         self.weight_param.grad = self._weight_grad(dout2, self.cols)         # (nnz,)
+        if not self.input_grad:
+            return None
         return self._product_t(dout2)                                        # (CKK, O) @ (O, M)
 
 

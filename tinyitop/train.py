@@ -23,7 +23,7 @@ from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
 from tinyitop.metrics import JsonLines, format_epoch
-from tinyitop.models import MODELS, mlp, sparsify
+from tinyitop.models import MODELS, mlp, skip_input_gradient, sparsify
 from tinyitop.optim import SGD, MultiStepLR
 from tinyitop.rundir import RunFolder, write_json
 from tinyitop.topology import GROWTH_MODES, TopologyUpdater, prune_rate, sparse_layers
@@ -314,6 +314,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
     if config.limit_train is not None:
         train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
     model = build_model(config, data, train_x, train_y, log)
+    skip_input_gradient(model)                 # nothing uses dL/d(images)
     if config.method == "dense" and not resuming:
         checkpoint.save_parameters(folder.path("init.npz"), model)   # for LTH's rewind
     B.seed(config.seed + 1)   # growth draws do not depend on how many draws building the model took
