@@ -7,7 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export TINYITOP_BACKEND=cupy
+export TINYITOP_BACKEND=cupy PYTHONUNBUFFERED=1
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt, say how it went
   local name=$1 limit=$2
   shift 2
@@ -19,10 +19,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   python3 -c "import cupy, numpy, scipy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__)"
   python3 -c "import torch; print('torch', torch.__version__)" 2>&1 | tail -1; } >"$OUT/versions.txt" 2>&1
 
-step pytest_gpu 150 env TINYITOP_TEST_REAL_CUPY=1 python3 -m pytest -q -p no:cacheprovider \
+step pytest_gpu 100 env TINYITOP_TEST_REAL_CUPY=1 python3 -m pytest -q -p no:cacheprovider \
   tests/test_gpu.py tests/test_sparse_layers.py tests/test_data.py tests/test_cupy_path.py tests/test_topology.py \
   tests/test_one_update.py tests/test_optim.py
-step breakeven 120 python3 benchmarks/bench_breakeven.py --repeats 5 --plot "$OUT/breakeven_gpu.png"
+step breakeven 90 python3 benchmarks/bench_breakeven.py --repeats 5 --plot "$OUT/breakeven_gpu.png"
 step bench_sparse 150 python3 benchmarks/bench_sparse.py --quick --sections ABD
 
 # One epoch of the demo's settings (paper MLP, SET 0.95 ERK, crop + flip) on 50k random CIFAR-shaped
@@ -34,8 +34,13 @@ np.savez("/tmp/cifar_shaped.npz", train_x=rng.integers(0, 256, (50000, 3, 32, 32
          train_y=rng.integers(0, 10, 50000), test_x=rng.integers(0, 256, (10000, 3, 32, 32), dtype=np.uint8),
          test_y=rng.integers(0, 10, 10000))
 EOF
-step demo_epochs 90 python3 -m tinyitop train --dataset /tmp/cifar_shaped.npz --augment --val-fraction 0 \
+step demo_epochs 60 python3 -m tinyitop train --dataset /tmp/cifar_shaped.npz --augment --val-fraction 0 \
   --epochs 4 --no-progress --no-plots --out /tmp/demo_run
-step resnet18_epoch 60 python3 -m tinyitop train --model resnet18 --dataset /tmp/cifar_shaped.npz --augment \
+step resnet18_epoch 45 python3 -m tinyitop train --model resnet18 --dataset /tmp/cifar_shaped.npz --augment \
   --val-fraction 0 --limit-train 12800 --epochs 2 --no-progress --no-plots --out /tmp/resnet_run
+# The code as it was before this work (.baseline/old, carried when present) against the current code,
+# same GPU, same process-free probe: the before/after of the step times.
+if [ -d .baseline/old ]; then
+  step before_after 90 bash -c 'for tree in .baseline/old .; do python3 .baseline/probe.py $tree mlp:0.95:50 mlp:0:50 resnet18:0.95:10 resnet18:0:10 vgg16:0.95:10; done'
+fi
 cat "$OUT/summary.txt"
