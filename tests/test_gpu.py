@@ -69,6 +69,10 @@ def test_fused_kernels_equal_their_plain_expressions_on_gpu():
     var = abs(dev(3))
     np.testing.assert_allclose(B.to_host(fused.inverse_std(var, 1e-5)), B.to_host(_plain(fused.inverse_std, var, 1e-5)),
                                rtol=1e-6)
+    images = B.to_device(rng.integers(0, 256, (4, 3, 5, 5)).astype(np.uint8))
+    std = abs(dev(1, 3, 1, 1)) + 0.1
+    np.testing.assert_allclose(B.to_host(fused.normalise(images, mean, std)),
+                               B.to_host(_plain(fused.normalise, images, mean, std)), rtol=1e-6)
     a, b, dout = dev(6, 7), dev(6, 7), dev(6, 7)
     np.testing.assert_array_equal(B.to_host(fused.add_relu(a, b)), B.to_host(_plain(fused.add_relu, a, b)))
     y = fused.relu(a)

@@ -36,7 +36,8 @@ def _set_weight(layer, dense_w):
 MASKS = ["random", "empty_rows_and_cols", "dense", "single"]
 
 
-PATHS = [("csr", "gather"), ("csr", "dense+take"), ("dense", "gather"), ("dense", "dense+take")]
+PATHS = [("csr", "gather"), ("csr", "dense+take"), ("dense", "gather"), ("dense", "dense+take"),
+         ("csr", "blocked dense+take")]
 
 
 def force_paths(monkeypatch, paths):
@@ -108,9 +109,23 @@ def test_paths_follow_the_measured_thresholds_and_the_memory_cap(monkeypatch):
     conv = SparseConv2d(64, 64, 3, density=0.02)           # conv: the gather loses earlier (long columns)
     assert conv.paths() == ("csr", "dense+take")
     monkeypatch.setattr("tinyitop.sparse.DENSE_BUFFER_MAX_BYTES", 3072 * 1024 * 4 - 1)
-    assert high.paths() == ("csr", "gather")                # too large to hold dense: sparse at any density
-    B.use_modules("cupy", B.xp, B.sparse)                   # the GPU's thresholds: dense from 0.3%
-    assert low.paths() == ("csr", "gather") and SparseLinear(3072, 100, 0.01).paths() == ("dense", "dense+take")
+    assert high.paths() == ("csr", "blocked dense+take")    # too large to hold dense: CSR products
+    monkeypatch.undo()
+    B.use_modules("cupy", B.xp, B.sparse)                   # the GPU's thresholds: dense from 0.2%
+    assert low.paths() == ("dense", "dense+take") and SparseLinear(3072, 100, 0.001).paths() == ("csr", "gather")
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 3, 40])
+def test_blocked_dense_take_equals_the_gather(any_backend, host_rng, rows_per_block):
+    from tinyitop.sparse import blocked_dense_take
+    mask = _mask("empty_rows_and_cols", (37, 23), host_rng)
+    layer = SparseLinear(23, 37, 0.5).astype("float64")
+    _set_weight(layer, host_rng.standard_normal((37, 23)) * mask)
+    w = layer.weight_param
+    dout_t, x_t = B.to_device(host_rng.standard_normal((37, 6))), B.to_device(host_rng.standard_normal((23, 6)))
+    got = blocked_dense_take(w, dout_t, x_t, rows_per_block * 23 * 8)
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_allclose(B.to_host(got), (B.to_host(dout_t) @ B.to_host(x_t).T)[rows, cols], rtol=1e-12)
 
 
 def test_dense_path_buffer_is_reused_and_rebuilt_on_a_topology_change(monkeypatch):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyitop import backend as B
+from tinyitop import fused
 
 CIFAR = {
     "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -324,29 +325,39 @@ def augment(images, rng, pad=4, pad_mode="reflect", draws=None):
 def batches(x, y, batch_size, mean, std, rng=None, train_augment=False, pad_mode="reflect"):
     """Yield (images, labels) on the device; shuffled (and augmented if asked) when `rng` is given.
 
-    The host generator makes every draw (order, crop offsets, flips) on both backends, so NumPy
-    and CuPy see the same batches. On CuPy the data set is uploaded once and each batch is cut,
-    cropped, flipped and normalised on the GPU (`_device_batch`): no per-step host work or copy
-    of images (GPU-NOTES: 0.68 s of host work per CIFAR epoch otherwise).
+    The host generator makes every draw (order, then each batch's crop offsets and flips, in that
+    sequence) on both backends, so NumPy and CuPy see the same batches. On CuPy the data set is
+    uploaded once, the epoch's draws once per epoch, and each batch is cut, cropped, flipped and
+    normalised on the GPU (`_device_batch`): no host work on images and no host-to-device copy per
+    step, which would also make the host wait for the GPU at every batch.
     """
     order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
-    on_device = B.resolve() == "cupy"
-    if on_device:
-        x_dev, y_dev = _resident(x), _resident(y)
-        order_dev = B.to_device(order)                                   # one copy per epoch
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    draws = [crop_draws(rng, len(order[s:s + batch_size])) for s in starts] if train_augment else None
+    if B.resolve() == "cupy":
+        yield from _device_batches(x, y, batch_size, mean, std, order, draws, pad_mode)
+        return
+    for i, start in enumerate(starts):
         index = order[start:start + batch_size]
-        offsets = flip = None
-        if train_augment:
-            offsets, flip = crop_draws(rng, len(index))
-        if on_device:
-            index_dev = order_dev[start:start + batch_size]
-            yield _device_batch(x_dev, index_dev, offsets, flip, mean, std, pad_mode), y_dev[index_dev]
-            continue
         images = x[index]
         if train_augment:
-            images = augment(images, rng, pad_mode=pad_mode, draws=(offsets, flip))
+            images = augment(images, rng, pad_mode=pad_mode, draws=draws[i])
         yield B.to_device(normalise(images, mean, std)), B.to_device(y[index])
+
+
+def _device_batches(x, y, batch_size, mean, std, order, draws, pad_mode):
+    """`batches` on the GPU: three uploads per epoch (order, draws, statistics), none per batch."""
+    x_dev, y_dev = _resident(x), _resident(y)
+    order_dev = B.to_device(order)
+    if draws is not None:   # (3, len(x)): crop rows, crop columns, flip, batch after batch
+        draws = B.to_device(np.concatenate([np.concatenate([offsets, flip[None].astype(offsets.dtype)])
+                                            for offsets, flip in draws], axis=1))
+    mean = B.to_device(np.asarray(mean, dtype=np.float32)[None, :, None, None])    # (1, C, 1, 1)
+    std = B.to_device(np.asarray(std, dtype=np.float32)[None, :, None, None])
+    for start in range(0, len(x), batch_size):
+        index = order_dev[start:start + batch_size]
+        batch_draws = None if draws is None else draws[:, start:start + batch_size]
+        yield _device_batch(x_dev, index, batch_draws, mean, std, pad_mode), y_dev[index]
 
 
 _resident_arrays = {}     # id(host array) -> (host array, device copy): train, val and test sets
@@ -362,23 +373,19 @@ def _resident(host):
     return _resident_arrays[key][1]
 
 
-def _device_batch(x_dev, index, offsets, flip, mean, std, pad_mode, pad=4):
-    """On the device: images x_dev[index] (uint8 NCHW), cropped at `offsets` and flipped where `flip`
-    (host draws; None: no augmentation), then normalised -> float32 (N, C, H, W). Same as
-    `augment` + `normalise` on the host, as one gather and one normalisation."""
+def _device_batch(x_dev, index, draws, mean, std, pad_mode, pad=4):
+    """On the device: images x_dev[index] (uint8 NCHW), cropped at the offsets draws[0:2] and flipped
+    where draws[2] (None: no augmentation), then normalised -> float32 (N, C, H, W). The same as
+    `augment` + `normalise` on the host, as one pad, one gather and one fused normalisation."""
     xp = B.xp
     images = x_dev[index]                                                    # (N, C, H, W) uint8
-    if offsets is not None:
+    if draws is not None:
         n, c, h, w = images.shape
         padded = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)),
                         mode="reflect" if pad_mode == "reflect" else "constant")   # (N, C, H+2p, W+2p)
-        draws = B.to_device(np.concatenate([offsets, flip[None].astype(offsets.dtype)]))   # (3, N): one copy
-        dy, dx, flipped = draws[0], draws[1], draws[2]
-        rows = dy[:, None] + xp.arange(h)                                     # (N, H)
-        cols = dx[:, None] + xp.arange(w)                                     # (N, W)
-        cols = xp.where(flipped[:, None] == 1, cols[:, ::-1], cols)           # a flip reads columns backwards
+        rows = draws[0][:, None] + xp.arange(h)                               # (N, H)
+        cols = draws[1][:, None] + xp.arange(w)                               # (N, W)
+        cols = xp.where(draws[2][:, None] == 1, cols[:, ::-1], cols)          # a flip reads columns backwards
         images = padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
                         rows[:, None, :, None], cols[:, None, None, :]]       # (N, C, H, W), one gather
-    mean = B.to_device(np.asarray(mean, dtype=np.float32)[None, :, None, None])
-    std = B.to_device(np.asarray(std, dtype=np.float32)[None, :, None, None])
-    return (images.astype(xp.float32) / xp.float32(255) - mean) / std
+    return fused.normalise(images, mean, std)

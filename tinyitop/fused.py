@@ -39,6 +39,7 @@ _CUDA = {
     "running_update": ("T value, T momentum, T factor", "T running",
                        "running = ((T)1 - momentum) * running + momentum * value * factor;"),
     "inv_std": ("T var, T eps", "T inv_std", "inv_std = (T)1 / sqrt(var + eps);"),
+    "normalise": ("U image, T mean, T std", "T out", "out = ((T)image / (T)255 - mean) / std;"),
     "relu_backward": ("T dout, T y", "T dx", "dx = y > 0 ? dout : (T)0;"),
     "add_relu": ("T a, T b", "T y", "T s = a + b; y = s > 0 ? s : (T)0;"),
 }
@@ -89,6 +90,14 @@ def bn_input_grad(dout, x_hat, scale, dbeta_mean, dgamma_mean):
     if kernel is not None:
         return kernel(dout, x_hat, scale, dbeta_mean, dgamma_mean)
     return scale * (dout - dbeta_mean - x_hat * dgamma_mean)
+
+
+def normalise(images, mean, std):
+    """uint8 images -> float32 (x / 255 - mean) / std, per channel (mean, std broadcast)."""
+    kernel = _kernel("normalise")
+    if kernel is not None:
+        return kernel(images, mean, std)
+    return (images.astype(mean.dtype) / mean.dtype.type(255) - mean) / std
 
 
 def relu(x):

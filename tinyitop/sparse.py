@@ -32,27 +32,32 @@ from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
 #     The gather beats dense+take up to 2% on the MLP's layers (M = 128 columns) but only up to
 #     0.5-1% on conv layers, whose M = batch x pixels (up to 131072) makes each nonzero's dot
 #     product a long, cache-missing one while BLAS gets more efficient.
-#   GPU (H200, GPU-NOTES; the H100 measured by the same benchmark): cuSPARSE beats cuBLAS only
-#     below ~0.1-0.5% (the 10000x10000 layer), and the gather loses to dense+take from 0.5% up.
+#   GPU (H100, this benchmark; GPU-NOTES' H200 agrees): cuSPARSE's forward beats cuBLAS only below
+#     0.2-0.5% on the large layers (conv 256x2304 and up, the 10000x10000 one) and never on the
+#     MLP's; CSR^T @ dY only below 0.2%; the gather only at 0.2% on the 10000x10000 layer. So 0.2%
+#     for both: at the densities ERK gives conv layers (2-25%) every product is dense on a GPU.
 # The thresholds are constants, not calibrated at run time, so one run always takes the same paths
 # and a resumed run stays bit-identical.
-PRODUCT_CSR_MAX_DENSITY = {"numpy": {"linear": 0.05, "conv": 0.035}, "cupy": {"linear": 0.003, "conv": 0.003}}
-GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.007}, "cupy": {"linear": 0.003, "conv": 0.003}}
-# A layer whose dense (out, in) matrix would exceed this stays on the sparse paths at any density:
-# the wide 10000x10000 layer would need 400 MB per dense buffer (and as much for a dense gradient),
-# which is what truly sparse training exists to avoid. 64 MiB holds any conv layer of ResNet/VGG
-# (the largest, 512x4608, is 9 MB) and the paper MLP's fc1 (12.6 MB).
+PRODUCT_CSR_MAX_DENSITY = {"numpy": {"linear": 0.05, "conv": 0.035}, "cupy": {"linear": 0.002, "conv": 0.002}}
+GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.007}, "cupy": {"linear": 0.002, "conv": 0.002}}
+# A layer whose dense (out, in) matrix would exceed this keeps its products on CSR at any density:
+# the wide 10000x10000 layer would need 400 MB per dense buffer, which is what truly sparse
+# training exists to avoid. Its gradient may still take the dense path, one block of rows at a
+# time within this budget ("blocked dense+take"; on the H100 at 1% density: 0.78 ms against the
+# gather's 2.68). 64 MiB holds any conv layer of ResNet/VGG (the largest, 512x4608, is 9 MB) and
+# the paper MLP's fc1 (12.6 MB).
 DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
 
 
 def choose_paths(weight, kind):
     """(product path, gradient path) of a SparseWeight in a "linear" or "conv" layer, on the active
-    backend: "csr" or "dense", and "gather" or "dense+take" (see the thresholds above)."""
+    backend: "csr" or "dense", and "gather", "dense+take" or "blocked dense+take" (see above)."""
     fits = weight.numel * weight.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES
     density = weight.density
     product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][kind] or not fits else "dense"
-    gradient = "gather" if density < GATHER_MAX_DENSITY[B.name][kind] or not fits else "dense+take"
-    return product, gradient
+    if density < GATHER_MAX_DENSITY[B.name][kind]:
+        return product, "gather"
+    return product, "dense+take" if fits else "blocked dense+take"
 
 
 # The gather runs in chunks of nonzeros sized by bytes, since each nonzero gathers one row of M
@@ -136,13 +141,35 @@ def sddmm(left, right, rows, cols, order=None):
     return out
 
 
+def blocked_dense_take(weight, dout_t, inputs_t, max_bytes):
+    """(dout_t @ inputs_t.T) at the nonzeros of `weight`, one block of rows at a time: never more
+    than `max_bytes` of dense gradient. dout_t (out, M), inputs_t (in, M) -> (nnz,) in CSR order.
+
+    The nonzeros of rows [r0, r1) are one contiguous CSR segment indptr[r0]:indptr[r1], so each
+    block's take fills one slice of the result.
+    """
+    n_out, n_in = weight.shape
+    rows_per_block = max(1, max_bytes // (n_in * dout_t.dtype.itemsize))
+    indptr = weight.host_indptr()
+    flat = weight.flat_positions()
+    grad = B.xp.empty(weight.nnz, dtype=dout_t.dtype)
+    for r0 in range(0, n_out, rows_per_block):
+        r1 = min(r0 + rows_per_block, n_out)
+        lo, hi = int(indptr[r0]), int(indptr[r1])
+        if lo == hi:
+            continue
+        block = dout_t[r0:r1] @ inputs_t.T                               # (r1 - r0, in), within max_bytes
+        grad[lo:hi] = block.reshape(-1)[flat[lo:hi] - r0 * n_in]
+    return grad
+
+
 class SparseWeight(Parameter):
     """A CSR weight as a trainable parameter. `data`/`grad` are (nnz,) vectors aligned with the CSR."""
 
     def __init__(self, csr):
         self.csr = csr
         self.grad = None
-        self._rows = self._plan = self._flat = self._dense = None
+        self._rows = self._plan = self._flat = self._dense = self._indptr_host = None
 
     @property
     def data(self):
@@ -216,6 +243,12 @@ class SparseWeight(Parameter):
             self._flat = self.rows().astype(xp.int64) * self.csr.shape[1] + self.csr.indices.astype(xp.int64)
         return self._flat
 
+    def host_indptr(self):
+        """The CSR's row pointers on the host, (out + 1,): copied once per topology (a sync point)."""
+        if self._indptr_host is None:
+            self._indptr_host = B.to_host(self.csr.indptr)
+        return self._indptr_host
+
     def scatter_dense(self):
         """The weight as a dense (out, in) array, for the dense-product path (not `toarray()`).
 
@@ -235,7 +268,7 @@ class SparseWeight(Parameter):
     def set_topology(self, flat, values):
         """Replace the CSR by the one with nonzeros at sorted `flat` positions holding `values`."""
         self.csr = csr_from_flat(flat, values, self.csr.shape)
-        self._rows = self._plan = self._flat = self._dense = None
+        self._rows = self._plan = self._flat = self._dense = self._indptr_host = None
         self.grad = None
 
     def astype(self, dtype):
@@ -308,9 +341,12 @@ class _SparseMixin:
         """dout_t (out, M), inputs_t (in, M), both feature-major -> gradient at the nonzeros."""
         w = self.weight_param
         self.dense_grad = None
-        if self.paths()[1] == "gather" and not self.keep_dense_grad:
+        path = self.paths()[1]
+        if path == "gather" and not self.keep_dense_grad:
             order, rows, cols = w.gather_plan()
             return sddmm(dout_t, inputs_t, rows, cols, order)
+        if path == "blocked dense+take" and not self.keep_dense_grad:
+            return blocked_dense_take(w, dout_t, inputs_t, DENSE_BUFFER_MAX_BYTES)
         dense = dout_t @ inputs_t.T                                      # (out, M) @ (M, in) -> (out, in)
         if self.keep_dense_grad:        # RigL grows where this minibatch's dense gradient is largest
             self.dense_grad = dense
