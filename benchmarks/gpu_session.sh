@@ -11,6 +11,7 @@ mkdir -p "$OUT"
 export TINYITOP_BACKEND=cupy PYTHONUNBUFFERED=1
 ONLY=${ONLY:-}
 BENCH_FLAGS=${BENCH_FLAGS:---quick}
+SECTIONS=${SECTIONS:-ABD}
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt, say how it went
   local name=$1 limit=$2
   shift 2
@@ -27,7 +28,7 @@ step pytest_gpu 100 env TINYITOP_TEST_REAL_CUPY=1 python3 -m pytest -q -p no:cac
   tests/test_gpu.py tests/test_sparse_layers.py tests/test_data.py tests/test_cupy_path.py tests/test_topology.py \
   tests/test_one_update.py tests/test_optim.py
 step breakeven 90 python3 benchmarks/bench_breakeven.py --repeats 5 --plot "$OUT/breakeven_gpu.png"
-step bench_sparse 200 python3 benchmarks/bench_sparse.py $BENCH_FLAGS --sections ABD
+step bench_sparse 200 python3 benchmarks/bench_sparse.py $BENCH_FLAGS --sections $SECTIONS
 
 # One epoch of the demo's settings (paper MLP, SET 0.95 ERK, crop + flip) on 50k random CIFAR-shaped
 # images: the time per epoch does not depend on the pixels. The first epoch compiles CuPy's kernels.
