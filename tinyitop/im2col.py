@@ -13,37 +13,44 @@ def output_size(size, kernel, stride, padding):
 
 
 def im2col(x, kernel_h, kernel_w, stride=1, padding=0):
-    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), same dtype as x."""
+    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), same dtype as x.
+
+    The input is copied once into a zero-padded channel-major (C, N, H+2p, W+2p) buffer; each of
+    the KH*KW kernel offsets is then a plain strided slice of it, in the layout of the columns.
+    (Slicing NCHW directly made every one of those copies a transpose too: 1.2-2.2x slower here.)
+    When x is itself a channel-major buffer seen as NCHW (what Conv2d, BatchNorm and ReLU pass
+    along), the first copy reads it contiguously.
+    """
     xp = B.xp
     n, c, h, w = x.shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
-    if padding:
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # (N, C, H+2p, W+2p)
+    padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)        # (C, N, H+2p, W+2p)
+    padded[:, :, padding:padding + h, padding:padding + w] = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     cols = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
-    # One strided slice per kernel offset: KH*KW copies, each of the whole batch.
     for ky in range(kernel_h):
         y_end = ky + stride * out_h
         for kx in range(kernel_w):
             x_end = kx + stride * out_w
-            patch = x[:, :, ky:y_end:stride, kx:x_end:stride]       # (N, C, OH, OW)
-            cols[:, ky, kx] = patch.transpose(1, 0, 2, 3)            # (C, N, OH, OW)
+            cols[:, ky, kx] = padded[:, :, ky:y_end:stride, kx:x_end:stride]          # (C, N, OH, OW)
     return cols.reshape(c * kernel_h * kernel_w, n * out_h * out_w)  # (C*KH*KW, N*OH*OW)
 
 
 def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
-    """Adjoint of im2col: cols (C*KH*KW, N*OH*OW) -> (N, C, H, W), overlapping patches summed."""
+    """Adjoint of im2col: cols (C*KH*KW, N*OH*OW) -> (N, C, H, W), overlapping patches summed.
+
+    Summed in a channel-major (C, N, H+2p, W+2p) buffer, the layout of the columns; the result is
+    that buffer seen as NCHW (a view, no copy).
+    """
     xp = B.xp
     n, c, h, w = x_shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
     cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
-    padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
     for ky in range(kernel_h):
         y_end = ky + stride * out_h
         for kx in range(kernel_w):
             x_end = kx + stride * out_w
-            padded[:, :, ky:y_end:stride, kx:x_end:stride] += cols[:, ky, kx].transpose(1, 0, 2, 3)  # (N, C, OH, OW)
-    if padding:
-        return padded[:, :, padding:padding + h, padding:padding + w]  # (N, C, H, W)
-    return padded
+            padded[:, :, ky:y_end:stride, kx:x_end:stride] += cols[:, ky, kx]         # (C, N, OH, OW)
+    return padded[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)  # (N, C, H, W) view
