@@ -8,6 +8,7 @@ For layer shapes of the paper's networks, times the three products of a sparse l
 and prints, per shape, the density below which the sparse path is faster: the constants
 PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse.py come from this table.
   python benchmarks/bench_breakeven.py [--batch 128] [--plot breakeven.png]
+  python benchmarks/bench_breakeven.py --replot saved_output.txt --plot breakeven.png   # e.g. a GPU run's log
 """
 import argparse
 import os
@@ -79,7 +80,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plot", default=None, help="write the time-vs-density figure here (PNG)")
     parser.add_argument("--shapes", type=int, default=None, help="only the first N shapes (a quick look)")
+    parser.add_argument("--replot", default=None, help="draw --plot from this benchmark's saved output instead")
     args = parser.parse_args()
+    if args.replot:
+        title, results = read_table(args.replot)
+        backend = "cupy" if title.startswith("backend: cupy") else "numpy"
+        return plot(results, args.plot or "breakeven.png", title, backend)
     print(B.describe(), f"| batch {args.batch} | float32 | ms, median of {args.repeats}")
     shapes = SHAPES[:args.shapes] + ([WIDE] if B.name == "cupy" and args.shapes is None else [])
     results = {}
@@ -105,16 +111,37 @@ def main():
               f"{PRODUCT_CSR_MAX_DENSITY[B.name][kind]}, gather below {GATHER_MAX_DENSITY[B.name][kind]} "
               f"(tinyitop/sparse.py)")
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, B.describe(), B.name)
 
 
-def plot(results, path):
+def read_table(path):
+    """(device line, {shape label: [row dict per density]}) from this benchmark's printed output."""
+    keys = ("fwd csr", "fwd dense", "dx csr", "dx dense", "dW gather", "dW dense+take")
+    lines = open(path).read().splitlines()
+    title, results, label = lines[0].split(" | ")[0], {}, None
+    for line in lines[1:]:
+        if ", M = " in line:
+            label = line.split(", M = ")[0]
+            results[label] = []
+        elif label and line.strip() and line.split()[0].replace(".", "").isdigit() and len(line.split()) == 7:
+            results[label].append(dict(zip(keys, map(float, line.split()[1:]))))
+        elif line.startswith("Break-even"):
+            break
+    return title, results
+
+
+def plot(results, path, title, backend):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = list(results)
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), squeeze=False)
-    for ax, label in zip(axes[0], labels):
+    columns = min(4, len(labels))
+    grid_rows = -(-len(labels) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.4 * columns, 3.0 * grid_rows), squeeze=False)
+    flat_axes = axes.reshape(-1)
+    for ax in flat_axes[len(labels):]:
+        ax.set_visible(False)
+    for ax, label in zip(flat_axes, labels):
         rows = results[label]
         for key, style in (("fwd csr", "C0-"), ("fwd dense", "C0--"), ("dx csr", "C1-"), ("dx dense", "C1--"),
                            ("dW gather", "C2-"), ("dW dense+take", "C2--")):
@@ -122,12 +149,13 @@ def plot(results, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         kind = "conv" if label.startswith("conv") else "linear"
-        ax.axvline(PRODUCT_CSR_MAX_DENSITY[B.name][kind], color="grey", lw=0.8)
+        ax.axvline(PRODUCT_CSR_MAX_DENSITY[backend][kind], color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("density")
-    axes[0][0].set_ylabel("ms (solid: sparse path, dashed: dense)")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"{B.describe()}: sparse vs dense products; grey line = tinyitop's product threshold",
+    for row in axes:
+        row[0].set_ylabel("ms per product")
+    flat_axes[0].legend(fontsize=7, title="solid: sparse path\ndashed: dense path", title_fontsize=7)
+    fig.suptitle(f"{title}, batch 128: is the sparse product faster? (grey line: tinyitop's threshold)",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

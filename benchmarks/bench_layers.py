@@ -1,7 +1,8 @@
 """Dense layer speed: tinyitop's forward+backward next to the bare matrix products it must do.
 
 The floor of a Linear layer is its three products (x W^T, dY^T x, dY W); the floor of a Conv2d is
-the same three products on the im2col matrix. Prints one table; ratios are what matter.
+the same three products on the im2col matrix. Prints one table; ratios are what matter. Runs on
+either backend (TINYITOP_BACKEND=cupy on a GPU: timings synchronised).
 Usage: python benchmarks/bench_layers.py [--repeats 5]
 """
 import argparse
@@ -16,22 +17,33 @@ from tinyitop import backend as B
 from tinyitop.layers import Conv2d, Linear
 
 
+def sync():
+    """Wait for the GPU, so that a timing covers the kernels a call queued, not only their launch."""
+    if B.name == "cupy":
+        B.xp.cuda.Device().synchronize()
+
+
 def median_ms(fn, repeats):
-    fn()  # warm-up
+    fn()  # warm-up (on a GPU: kernel compilation)
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        if B.name == "cupy":
-            B.xp.cuda.Device().synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
 
+def device_normal(shape):
+    """float32 N(0, 1) on the active backend's device."""
+    return B.to_device(B.rng().standard_normal(shape, dtype="float32"))
+
+
 def bench_linear(batch, n_in, n_out, repeats):
     layer = Linear(n_in, n_out)
-    x = B.rng().standard_normal((batch, n_in), dtype="float32")
-    dout = B.rng().standard_normal((batch, n_out), dtype="float32")
+    x = device_normal((batch, n_in))
+    dout = device_normal((batch, n_out))
     w = layer.weight.data
 
     def layer_step():
@@ -47,9 +59,9 @@ def bench_linear(batch, n_in, n_out, repeats):
 
 def bench_conv(batch, channels_in, channels_out, size, stride, repeats):
     layer = Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, bias=False)
-    x = B.rng().standard_normal((batch, channels_in, size, size), dtype="float32")
+    x = device_normal((batch, channels_in, size, size))
     y = layer.forward(x)
-    dout = B.rng().standard_normal(y.shape, dtype="float32")
+    dout = device_normal(y.shape)
     cols = layer.cols
     w2 = layer.weight.data.reshape(channels_out, -1)
     dout2 = dout.transpose(1, 0, 2, 3).reshape(channels_out, -1).copy()
