@@ -8,6 +8,7 @@ import errno
 import gzip
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_pat
 def test_lth_resumed_after_its_dense_twin_was_killed_before_a_checkpoint(tmp_path):
     (tmp_path / "run" / "dense").mkdir(parents=True)
     (tmp_path / "run" / "dense" / "init.npz").write_bytes(b"from the killed twin")
+    (tmp_path / "run" / "dense" / ".tinyitop-run").write_text(json.dumps({"claimed": ["init.npz", "metrics.jsonl"]}))
     run = train(_config(tmp_path, method="lth", growth=None, epochs=1, resume=True), log=lambda *_: None)
     assert (tmp_path / "run" / "dense" / "summary.json").exists() and run.summary["epochs"] == 1
 
@@ -182,12 +184,17 @@ def test_resume_refuses_every_setting_that_changes_the_result(tmp_path, changed)
 def test_orphan_temporary_files_are_removed_on_the_next_start(tmp_path):
     with pytest.raises(Killed):
         train(_config(tmp_path), log=lambda *_: None, on_epoch_end=_killed_after(1))
-    for orphan in ("checkpoint.npz.tmp4242", "metrics.jsonl.tmp", "summary.json.tmp17"):
+    orphans = (".checkpoint.npz.tinyitop-partial-4242", ".metrics.jsonl.tinyitop-partial-17",
+               ".summary.json.tinyitop-partial-9")
+    for orphan in orphans:
         (tmp_path / "run" / orphan).write_bytes(b"half")
-    (tmp_path / "run" / "notes.tmpl").write_text("the user's")              # not ours: stays
+    users = ("notes.tmpl", "thesis.tmp", "notes.tmp", "data.tmp123", "checkpoint.npz.tmp4242",
+             ".notes.txt.tinyitop-partial-5")                              # not ours: they stay
+    for name in users:
+        (tmp_path / "run" / name).write_text("the user's")
     train(_config(tmp_path, resume=True), log=lambda *_: None)
-    left = sorted(os.listdir(tmp_path / "run"))
-    assert not [n for n in left if ".tmp" in n and n != "notes.tmpl"] and "notes.tmpl" in left
+    left = set(os.listdir(tmp_path / "run"))
+    assert not left & set(orphans) and set(users) <= left
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
@@ -199,7 +206,53 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_fil
     monkeypatch.setattr(checkpoint.np, "savez", full)
     code, err = _cli(capsys, _train_args(tmp_path / "run"))
     assert code == 2 and len(err) == 1 and "No space left on device" in err[0]
-    assert not [n for n in os.listdir(tmp_path / "run") if ".tmp" in n]
+    assert not [n for n in os.listdir(tmp_path / "run") if "tinyitop-partial" in n]
+
+
+def test_overwrite_removes_only_what_a_run_wrote(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_train_args(out)) == 0
+    (out / "dense").mkdir()                                                  # the user's, not LTH's twin
+    (out / "dense" / "notes.txt").write_text("mine")
+    (out / "thesis.tmp").write_text("mine")
+    assert cli_main(_train_args(out, "--overwrite", "--epochs", "1")) == 0
+    assert (out / "dense" / "notes.txt").read_text() == "mine" and (out / "thesis.tmp").read_text() == "mine"
+    assert [r["epoch"] for r in read_jsonl(str(out / "metrics.jsonl"))] == [1]
+
+
+def test_a_users_file_that_a_run_would_replace_is_refused_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "training.png").write_bytes(b"the user's own figure")
+    code, err = _cli(capsys, _train_args(out, "--overwrite"))
+    assert code == 2 and len(err) == 1 and "training.png" in err[0] and "did not write" in err[0]
+    assert (out / "training.png").read_bytes() == b"the user's own figure"
+
+
+def test_resume_never_wipes_a_finished_run_whose_checkpoint_was_removed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_train_args(out)) == 0
+    os.remove(out / "checkpoint.npz")
+    before = {n: (out / n).read_bytes() for n in ("metrics.jsonl", "summary.json")}
+    code, err = _cli(capsys, _train_args(out, "--resume", "--epochs", "30"))
+    assert code == 2 and len(err) == 1 and "finished run" in err[0] and "--overwrite" in err[0]
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_a_closed_stdout_does_not_kill_it(tmp_path):
+    args = ["-m", "tinyitop", "train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "200",
+            "--out", str(tmp_path / "run"), "--no-progress", "--no-plots"]
+    process = _python(args)
+    _wait_for(lambda: (tmp_path / "run" / "checkpoint.npz").exists())
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err and err.strip().endswith("--resume")
+    piped = subprocess.run(f"{shlex.quote(sys.executable)} -m tinyitop train --dataset synthetic --hidden 16 "
+                           f"--epochs 3 --out {shlex.quote(str(tmp_path / 'piped'))} --no-progress --no-plots | head -1",
+                           shell=True, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": ROOT}, executable="/bin/bash")
+    assert piped.stdout.count("\n") == 1 and "Traceback" not in piped.stderr and "Broken pipe" not in piped.stderr
+    assert json.load(open(tmp_path / "piped" / "summary.json"))["epochs"] == 3          # it ran to the end
 
 
 # ---- 7, 8. Ctrl-C ------------------------------------------------------------------------------
@@ -362,3 +415,64 @@ def test_update_interval_beyond_the_run_warns_once(tmp_path):
     messages.clear()
     train(_config(tmp_path, "short", update_interval=5, epochs=2), log=messages.append)
     assert not [m for m in messages if "no topology update" in m]
+
+
+# ---- resume refuses what changed: the data, and altered checkpoints ------------------------------
+
+def _npz_data(path, seed, classes=10):
+    rng = np.random.default_rng(seed)
+    np.savez(path, train_x=rng.integers(0, 256, (200, 3, 8, 8), dtype=np.uint8), train_y=rng.integers(0, classes, 200),
+             test_x=rng.integers(0, 256, (50, 3, 8, 8), dtype=np.uint8), test_y=rng.integers(0, classes, 50))
+
+
+@pytest.mark.parametrize("classes", [10, 5])
+def test_resume_refuses_data_that_changed_under_the_same_file_name(tmp_path, capsys, classes):
+    data_file, out = tmp_path / "data.npz", tmp_path / "run"
+    _npz_data(data_file, seed=0)
+    args = ["train", "--dataset", str(data_file), "--hidden", "16", "--epochs", "3", "--out", str(out),
+            "--no-progress", "--no-plots"]
+    with pytest.raises(Killed):
+        train(config_from_args_for(args), log=lambda *_: None, on_epoch_end=_killed_after(1))
+    _npz_data(data_file, seed=1, classes=classes)                   # replaced by other data
+    code, err = _cli(capsys, args + ["--resume"])
+    assert code == 2 and len(err) == 1 and "is not the one" in err[0] and "content hash" in err[0]
+
+
+def config_from_args_for(args):
+    from tinyitop.cli import _Parser, add_train_arguments, config_from_args
+    parser = _Parser()
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(args[1:]))
+
+
+def _alter_checkpoint(path, change):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def _set_meta(arrays, edit):
+    meta = json.loads(str(arrays["meta"]))
+    edit(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+
+
+ALTERATIONS = {
+    "explored set cut short": lambda a: a.update({"explored/fc1/positions": a["explored/fc1/positions"][:5]}),
+    "duplicate positions": lambda a: a.update({"sparse/fc1.weight/positions":
+                                               np.repeat(a["sparse/fc1.weight/positions"][:1], a["sparse/fc1.weight/positions"].size)}),
+    "out-of-range positions": lambda a: a.update({"sparse/fc1.weight/positions": a["sparse/fc1.weight/positions"] + 10 ** 9}),
+    "epoch -5": lambda a: _set_meta(a, lambda m: m["state"].update(epoch=-5)),
+    "meta without state": lambda a: _set_meta(a, lambda m: m.pop("state")),
+    "meta without config": lambda a: _set_meta(a, lambda m: m.pop("config")),
+}
+
+
+@pytest.mark.parametrize("alteration", sorted(ALTERATIONS))
+def test_an_altered_checkpoint_is_refused_in_one_line(tmp_path, capsys, alteration):
+    out = tmp_path / "run"
+    assert cli_main(_train_args(out)) == 0
+    _alter_checkpoint(out / "checkpoint.npz", ALTERATIONS[alteration])
+    code, err = _cli(capsys, _train_args(out, "--resume", "--epochs", "3"))
+    assert code == 2 and len(err) == 1 and "checkpoint.npz" in err[0] and "--overwrite" in err[0], err

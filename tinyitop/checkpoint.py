@@ -47,17 +47,56 @@ def load(path, model, optimizer, exploration):
     try:
         return _restore(path, model, optimizer, exploration)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:   # truncated, empty, random bytes
-        raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz) or was "
-                              f"not written for this model ({type(err).__name__}). Move it away and start "
+        detail = str(err) if isinstance(err, ValueError) and str(path) in str(err) else type(err).__name__
+        raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz), was "
+                              f"altered, or was not written for this model ({detail}). Move it away and start "
                               "again with --overwrite") from None
+
+
+def read_meta(path):
+    """The settings and loop state a checkpoint was written with (the dict given to `save`)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz) "
+                              f"({type(err).__name__}). Move it away and start again with --overwrite") from None
+    state = meta.get("state") if isinstance(meta, dict) else None
+    if not isinstance(state, dict) or not isinstance(meta.get("config"), dict) or not all(
+            isinstance(state.get(k), int) and state[k] >= 0 for k in ("epoch", "step")):
+        raise CheckpointError(f"cannot resume from {path}: its settings or loop state are missing or invalid "
+                              "(config, epoch, step). Move it away and start again with --overwrite")
+    return meta
+
+
+def _sorted_positions(path, what, positions, numel):
+    """Positions must be integers, strictly increasing (sorted, unique) and inside the layer."""
+    if (positions.ndim != 1 or positions.dtype.kind not in "iu"
+            or (positions.size and (positions[0] < 0 or positions[-1] >= numel or np.any(np.diff(positions) <= 0)))):
+        raise ValueError(f"{what} in {path} are not sorted, unique positions inside the layer (0..{numel - 1})")
+
+
+def _checked_sparse(path, archive, name, param, exploration):
+    """A sparse layer's arrays from the archive, refused unless they describe a valid state."""
+    positions, values = archive[f"sparse/{name}/positions"], archive[f"sparse/{name}/values"]
+    _sorted_positions(path, f"active positions of {name}", positions, param.numel)
+    if values.shape != positions.shape:
+        raise ValueError(f"{name} in {path} has {values.size} values for {positions.size} positions")
+    layer = name.rsplit(".", 1)[0]
+    if exploration is not None and layer in exploration.sets:
+        explored = archive[f"explored/{layer}/positions"]
+        _sorted_positions(path, f"explored positions of {layer}", explored, param.numel)
+        if not np.isin(positions, explored).all():
+            raise ValueError(f"the explored set of {layer} in {path} misses some of its active positions")
+    return positions, values
 
 
 def _restore(path, model, optimizer, exploration):
     with np.load(path, allow_pickle=False) as archive:
         for name, param in model.named_parameters():
             if isinstance(param, SparseWeight):
-                positions = B.to_device(archive[f"sparse/{name}/positions"])
-                param.set_topology(positions, B.to_device(archive[f"sparse/{name}/values"]))
+                positions, values = _checked_sparse(path, archive, name, param, exploration)
+                param.set_topology(B.to_device(positions), B.to_device(values))
             else:
                 param.data = B.to_device(archive[f"param/{name}"])
             optimizer.velocity[name] = B.to_device(archive[f"velocity/{name}"])

@@ -1,6 +1,8 @@
 """Command line: `python -m tinyitop train [options]` runs one experiment and draws its figures."""
 import argparse
+import os
 import shlex
+import signal
 import sys
 
 from tinyitop import backend as B
@@ -84,6 +86,51 @@ def add_train_arguments(parser, defaults=Config()):
     a("--no-plots", action="store_true", help="skip the PNG figures at the end")
 
 
+class _StdoutThatOutlivesItsReader:
+    """sys.stdout that keeps a run going when its reader goes away (`... | head`): the first write
+    to a closed pipe points the descriptor at /dev/null, and training goes on to its checkpoint."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def prepare_process():
+    """SIGTERM (kill, a job scheduler's stop) ends a run or sweep the way Ctrl-C does: the last
+    checkpoint kept, one line saying how to continue; and a closed stdout does not kill a run."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        sys.stdout.fileno()          # a real descriptor (not, e.g., a test's captured stream)
+    except (AttributeError, OSError, ValueError):
+        return
+    if not isinstance(sys.stdout, _StdoutThatOutlivesItsReader):
+        sys.stdout = _StdoutThatOutlivesItsReader(sys.stdout)
+
+
 def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.BackendError, OSError),
                  resume_command=None):
     """Run `action`; an expected error becomes one `error: ...` line on stderr and exit status 2,
@@ -133,6 +180,7 @@ def run_and_plot(config, plots=True):
 
 
 def main(argv=None):
+    prepare_process()
     if _exit_status(B.resolve):      # a bad TINYITOP_BACKEND stops here, in one line
         return 2
     parser = _Parser(prog="python -m tinyitop",
@@ -173,6 +221,7 @@ def main(argv=None):
 
 def demo_main(description, paper, quick, argv=None):
     """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
+    prepare_process()
     if _exit_status(B.resolve):
         return 2
     parser = _Parser(description=description)

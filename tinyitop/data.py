@@ -282,6 +282,18 @@ def load(name, data_dir=None, synthetic_shape=(3, 8, 8)):
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or a PATH.npz")
 
 
+def fingerprint(data):
+    """A content hash of a data set (images, labels, statistics, class count), not of its path: a
+    resumed run refuses data that changed under the same file name (~0.3 s for CIFAR-10)."""
+    digest = hashlib.sha256()
+    for array in (data.train_x, data.train_y, data.test_x, data.test_y):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    digest.update(repr((tuple(data.mean), tuple(data.std), data.num_classes)).encode())
+    return digest.hexdigest()[:16]
+
+
 def split_validation(x, y, fraction, seed):
     """A fixed random `fraction` of the training set held out (no augmentation on it); fraction 0
     trains on everything (the reference's protocol) with an empty validation set."""

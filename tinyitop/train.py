@@ -17,7 +17,7 @@ import numpy as np
 from tinyitop import backend as B
 from tinyitop import checkpoint
 from tinyitop.baselines import GradualPruner, magnitude_masks, snip_masks
-from tinyitop.data import DATASETS, PAD_MODES, batches, is_npz, load, split_validation
+from tinyitop.data import DATASETS, PAD_MODES, batches, fingerprint, is_npz, load, split_validation
 from tinyitop.explore import Exploration, mask_crop
 from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
@@ -252,14 +252,23 @@ def _check_finite(loss, epoch, state, folder):
                                f"--resume continues only the same settings")
 
 
-def _resume(folder, config, model, optimizer, exploration, flops, data_rng, metrics, updates, log):
-    """Restore everything from the checkpoint; returns the loop's state. Refuses other settings."""
-    meta = checkpoint.load(folder.checkpoint, model, optimizer, exploration)
+def _check_resumable(folder, config, data_hash):
+    """Before any work: the checkpoint's settings and data must be this run's (one line if not)."""
+    meta = checkpoint.read_meta(folder.checkpoint)
     saved, now = meta["config"], config.to_json()
     changed = [f"{k} ({saved.get(k)} -> {now[k]})" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
     if changed:
         raise ValueError(f"--resume: {folder.checkpoint} was made with other settings: {', '.join(changed)}. "
                          f"Resume with the same settings, or start again with --overwrite")
+    if meta.get("data_fingerprint") not in (None, data_hash):     # None: written before fingerprints
+        raise ValueError(f"--resume: the data set {config.dataset} is not the one {folder.checkpoint} was trained "
+                         f"on (content hash {meta['data_fingerprint']} then, {data_hash} now). Resume with the "
+                         "same data, or start again with --overwrite")
+
+
+def _resume(folder, config, model, optimizer, exploration, flops, data_rng, metrics, updates, log):
+    """Restore everything from the checkpoint; returns the loop's state."""
+    meta = checkpoint.load(folder.checkpoint, model, optimizer, exploration)
     state = meta["state"]
     B.set_rng_state(meta["backend_rng"])
     flops.refresh()
@@ -313,6 +322,9 @@ def _train(config, folder, resuming, log, on_epoch_end):
                                                           config.seed)
     if config.limit_train is not None:
         train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
+    data_hash = fingerprint(data)
+    if resuming:
+        _check_resumable(folder, config, data_hash)
     model = build_model(config, data, train_x, train_y, log)
     skip_input_gradient(model)                 # nothing uses dL/d(images)
     if config.method == "dense" and not resuming:
@@ -402,7 +414,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
             metrics.append(row)
             log(format_epoch(row))
             checkpoint.save(folder.checkpoint, model, optimizer, exploration,
-                            {"config": config.to_json(),
+                            {"config": config.to_json(), "data_fingerprint": data_hash,
                              "state": {**state, "epoch": epoch + 1, "step": step, "train_flops": flops.train_flops,
                                        "dense_train_flops": flops.dense_train_flops},
                              "backend_rng": B.rng_state(), "data_rng": data_rng.bit_generator.state})
