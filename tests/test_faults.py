@@ -476,3 +476,34 @@ def test_an_altered_checkpoint_is_refused_in_one_line(tmp_path, capsys, alterati
     _alter_checkpoint(out / "checkpoint.npz", ALTERATIONS[alteration])
     code, err = _cli(capsys, _train_args(out, "--resume", "--epochs", "3"))
     assert code == 2 and len(err) == 1 and "checkpoint.npz" in err[0] and "--overwrite" in err[0], err
+
+
+def _bad_npz(path, **changes):
+    rng = np.random.default_rng(0)
+    arrays = dict(train_x=rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8), train_y=rng.integers(0, 10, 20),
+                  test_x=rng.integers(0, 256, (10, 3, 8, 8), dtype=np.uint8), test_y=rng.integers(0, 10, 10))
+    arrays.update(changes)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("huge hidden layer", ["--hidden", "2000000000"], "GiB"),
+    ("huge dense layer", ["--hidden", "2000000000", "--method", "dense"], "GiB"),
+    ("negative stop epoch", ["--stop-exploration-epoch", "-3"], "stop_exploration_epoch must be >= 0"),
+    ("val fraction leaves nothing", "val", "training images to train on"),
+    ("labels as ids", "ids", "no 'classes' array"),
+    ("nan statistics", "nan", "finite values"),
+])
+def test_bad_input_is_one_error_line_before_any_work(tmp_path, capsys, case, extra, message):
+    if extra == "val":
+        extra = ["--dataset", _bad_npz(tmp_path / "small.npz"), "--val-fraction", "0.97"]
+    elif extra == "ids":
+        extra = ["--dataset", _bad_npz(tmp_path / "ids.npz", train_y=np.arange(20) * 5_000_000)]
+    elif extra == "nan":
+        extra = ["--dataset", _bad_npz(tmp_path / "nan.npz", mean=np.array([np.nan, 0.5, 0.5]),
+                                       std=np.array([0.2, np.inf, 0.2]))]
+    started = time.time()
+    code, err = _cli(capsys, _train_args(tmp_path / "run", *extra))
+    assert code == 2 and message in " ".join(err) and err[0].startswith("error:"), err
+    assert time.time() - started < 30                              # refused up front, not after a long wait

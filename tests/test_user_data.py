@@ -63,7 +63,7 @@ def test_npz_mean_std_and_classes_are_taken_when_given(tmp_path):
     (dict(test_y=np.full(12, -1)), "labels must lie in"),
     (dict(classes=np.array(["a", "b"])), "labels must lie in"),
     (dict(test_x=np.zeros((12, 3, 9, 9), dtype=np.uint8)), "differ in shape"),
-    (dict(mean=np.array([0.5]), std=np.array([0.2])), "need 3 values"),
+    (dict(mean=np.array([0.5]), std=np.array([0.2])), "need 3 finite values"),
     (dict(test_y=np.array(["x"] * 12, dtype=object)), "without pickle"),
 ])
 def test_bad_npz_files_give_one_clear_line(tmp_path, change, message):
@@ -141,6 +141,12 @@ def test_pack_images_errors(tmp_path, capsys):
     assert cli_main(["pack-images", str(tmp_path / "odd"), str(tmp_path / "x.npz")]) == 2
     assert "all images must have one size" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x.npz")
+    _image_folder(tmp_path / "hollow")
+    (tmp_path / "hollow" / "train" / "bird").mkdir()                   # a class folder with no images
+    (tmp_path / "hollow" / "test" / "bird").mkdir()
+    assert cli_main(["pack-images", str(tmp_path / "hollow"), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bird" in err[0] and "hold no PNG or JPEG" in err[0]
 
 
 @pytest.mark.parametrize("epochs, multiplier", [(1, 1), (2, 1), (3, 2), (10, 1), (25, 3), (160, 1), (200, 1),

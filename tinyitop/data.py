@@ -7,6 +7,7 @@ anything is extracted or unpickled; a corrupt or partial file is reported and fe
 """
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import tarfile
@@ -251,14 +252,19 @@ def load_npz(path):
         raise DatasetError(f"{path}: the training and the test set must not be empty")
     highest = int(max(arrays["train_y"].max(), arrays["test_y"].max()))
     num_classes = len(arrays["classes"]) if "classes" in arrays else highest + 1
+    if "classes" not in arrays and num_classes > MAX_CLASSES_WITHOUT_NAMES:
+        raise DatasetError(f"{path}: labels go up to {highest}, i.e. {num_classes} classes, and the file has no "
+                           f"'classes' array naming them: add one if that many classes is meant (a label array "
+                           f"of class indices 0..K-1 is expected)")
     if min(arrays["train_y"].min(), arrays["test_y"].min()) < 0 or highest >= num_classes:
         raise DatasetError(f"{path}: labels must lie in [0, {num_classes}), found "
                            f"{min(arrays['train_y'].min(), arrays['test_y'].min())}..{highest}")
     channels = arrays["train_x"].shape[1]
     if "mean" in arrays and "std" in arrays:
         mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise DatasetError(f"{path}: mean and std need {channels} values each (std > 0), got {mean}, {std}")
+        if (len(mean) != channels or len(std) != channels or not all(map(math.isfinite, mean + std))
+                or min(std) <= 0):
+            raise DatasetError(f"{path}: mean and std need {channels} finite values each (std > 0), got {mean}, {std}")
     else:      # per channel over the training images, in the units of normalise(): x / 255
         scaled = arrays["train_x"].transpose(1, 0, 2, 3).reshape(channels, -1)    # (C, N*H*W)
         mean = tuple(float(scaled[c].mean(dtype=np.float64)) / 255 for c in range(channels))
@@ -280,6 +286,11 @@ def load(name, data_dir=None, synthetic_shape=(3, 8, 8)):
     if name == "synthetic":
         return make_synthetic(image_shape=synthetic_shape)
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or a PATH.npz")
+
+
+# Labels are class indices 0..K-1; a file whose labels run past this without a 'classes' array is far
+# more likely to hold ids or raw values than 100k classes (the output layer would need gigabytes).
+MAX_CLASSES_WITHOUT_NAMES = 100_000
 
 
 def fingerprint(data):

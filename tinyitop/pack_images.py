@@ -30,11 +30,17 @@ def _class_folders(folder):
 
 def _files(folder, classes):
     """[(path, label)] for every image of every class, in a stable order."""
-    files = []
+    files, empty = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
-        files += [(os.path.join(class_dir, f), label) for f in sorted(os.listdir(class_dir))
-                  if f.lower().endswith(IMAGE_SUFFIXES)]
+        found = [(os.path.join(class_dir, f), label) for f in sorted(os.listdir(class_dir))
+                 if f.lower().endswith(IMAGE_SUFFIXES)]
+        files += found
+        if not found:
+            empty.append(name)
+    if files and empty:       # a class without images would still get a label and an output unit
+        raise DatasetError(f"{folder}: class folder(s) {', '.join(empty)} hold no PNG or JPEG images: "
+                           "fill or remove them")
     if not files:
         raise DatasetError(f"no PNG or JPEG images under {folder}/<class>/")
     return files

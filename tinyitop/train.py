@@ -145,6 +145,8 @@ class Config:
             problems.append(f"limit_train must be >= 2, got {self.limit_train}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.stop_exploration_epoch is not None and self.stop_exploration_epoch < 0:
+            problems.append(f"stop_exploration_epoch must be >= 0, got {self.stop_exploration_epoch}")
         if self.model == "mlp" and not self.hidden:
             problems.append("mlp needs at least one hidden layer size")
         if any(h < 1 for h in self.hidden):
@@ -252,6 +254,38 @@ def _check_finite(loss, epoch, state, folder):
                                f"--resume continues only the same settings")
 
 
+def _available_bytes():
+    """Memory this machine can still give (MemAvailable), or None where /proc/meminfo is absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config, data):
+    """Refuse, before allocating, a model whose weights and optimizer state alone exceed the memory
+    this machine has (e.g. --hidden 2000000000): one line saying how much it would need."""
+    if config.model == "mlp":
+        sizes = [data.in_features, *config.hidden, data.num_classes]
+        shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+    else:                                       # conv nets: fixed sizes, only the classifier grows
+        shapes = [(512 * 4, data.num_classes), (11_000_000, 1)]
+    dense_numel = sum(a * b for a, b in shapes)
+    if config.method == "dense" or config.method in ("gmp", "snip", "snip-set", "lth", "lth-set"):
+        need = dense_numel * 4 * 3                 # weight, gradient, momentum (float32); dense at some point
+    else:                                          # sparse from scratch: ~40 bytes per active weight
+        need = (1 - config.sparsity) * dense_numel * 40
+    available = _available_bytes()
+    if available is not None and need > available:
+        raise ValueError(f"this model needs about {need / 2 ** 30:.1f} GiB for its weights and optimizer state "
+                         f"alone ({dense_numel:,} weights, method {config.method}), more than the "
+                         f"{available / 2 ** 30:.1f} GiB this machine has free: use smaller layers or a higher sparsity")
+
+
 def _check_resumable(folder, config, data_hash):
     """Before any work: the checkpoint's settings and data must be this run's (one line if not)."""
     meta = checkpoint.read_meta(folder.checkpoint)
@@ -322,6 +356,10 @@ def _train(config, folder, resuming, log, on_epoch_end):
                                                           config.seed)
     if config.limit_train is not None:
         train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
+    if len(train_x) < 2:
+        raise ValueError(f"--val-fraction {config.val_fraction} leaves {len(train_x)} of {len(data.train_x)} "
+                         "training images to train on: lower it (or bring more data)")
+    check_memory(config, data)
     data_hash = fingerprint(data)
     if resuming:
         _check_resumable(folder, config, data_hash)
