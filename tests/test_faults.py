@@ -284,7 +284,7 @@ def test_ctrl_c_during_train_stops_cleanly_and_resume_equals_uninterrupted(tmp_p
 
 
 def _sweep_spec(tmp_path, runs=3, epochs=30, **base):
-    spec = {"name": "tiny", "plot": {"x": "seed"},
+    spec = {"name": "tiny",
             "reduced": {"base": {"dataset": "synthetic", "hidden": [16], "epochs": epochs, "lr": 0.05,
                                  "sparsity": 0.8, "update_interval": 5, **base},
                         "grid": {"seed": list(range(runs))}},
@@ -294,7 +294,8 @@ def _sweep_spec(tmp_path, runs=3, epochs=30, **base):
     return str(path)
 
 
-def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path, stop):
     config = _sweep_spec(tmp_path, runs=3, epochs=200)
     root = tmp_path / "runs"
     process = _python(["-m", "tinyitop", "sweep", config, "--root", str(root), "--workers", "1"])
@@ -302,7 +303,7 @@ def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
     # line): waiting for metrics.jsonl alone let Ctrl-C land before it, 1 run in 4 under load.
     first_checkpoint = root / "tiny" / "seed=0" / "checkpoint.npz"
     _wait_for(lambda: first_checkpoint.exists())
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=90)
     assert process.returncode == 130 and "Traceback" not in err
     assert "Continue with: python -m tinyitop sweep" in err
@@ -315,14 +316,15 @@ def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
 
 def test_a_sweep_with_failed_runs_exits_non_zero_and_marks_them(tmp_path, capsys):
     config = json.loads(open(_sweep_spec(tmp_path, runs=1, epochs=1)).read())
-    config["reduced"]["grid"]["hidden"] = [[16], [0]]                 # hidden 0: that run fails
-    config["plot"] = {"x": "hidden"}
+    missing = str(tmp_path / "gone.npz")                             # valid options; the run fails at load
+    config["reduced"]["grid"]["dataset"] = ["synthetic", missing]
+    config["plot"] = {"x": "dataset"}
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(config))
     code, err = _cli(capsys, ["sweep", str(path), "--root", str(tmp_path / "runs"), "--workers", "1"])
     assert code == 2 and "1 of 2 runs failed" in err[-1] and "log.txt" in err[-1]
     results = (tmp_path / "runs" / "tiny" / "results.md").read_text()
-    assert "failed run" in results and "seed=0_hidden=0" in results
+    assert "failed run" in results and "gone.npz" in results
     assert (tmp_path / "runs" / "tiny" / "results.png").exists()
 
 
@@ -507,3 +509,47 @@ def test_bad_input_is_one_error_line_before_any_work(tmp_path, capsys, case, ext
     code, err = _cli(capsys, _train_args(tmp_path / "run", *extra))
     assert code == 2 and message in " ".join(err) and err[0].startswith("error:"), err
     assert time.time() - started < 30                              # refused up front, not after a long wait
+
+
+# ---- sweeps never report stale or false results -------------------------------------------------
+
+def test_a_sweep_refuses_run_folders_trained_with_other_base_settings(tmp_path, capsys):
+    config = _sweep_spec(tmp_path, runs=1, epochs=1)
+    spec = json.loads(open(config).read())
+    root = str(tmp_path / "runs")
+    assert _cli(capsys, ["sweep", config, "--root", root, "--workers", "1"])[0] == 0
+    spec["reduced"]["base"]["epochs"] = 2                                  # the base edited since
+    open(config, "w").write(json.dumps(spec))
+    code, err = _cli(capsys, ["sweep", config, "--root", root, "--workers", "1"])
+    assert code == 2 and len(err) == 1 and "other settings" in err[0] and "epochs 1 -> 2" in err[0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["reduced"]["base"].update(epochs="2"), "run seed=0"),                    # a string, not a number
+    (lambda s: s["reduced"]["base"].update(lr=[0.1]), "run seed=0"),
+    (lambda s: s.update(plot={"x": "seed", "colour": "red"}), "\"plot\""),
+    (lambda s: s.update(reduced={"base": s["reduced"]["base"], "grd": {"seed": [0]}}), "unknown keys ['grd']"),
+    (lambda s: s.update(name="../outside"), "plain folder name"),
+    (lambda s: s.update(extra=1), "unknown keys ['extra']"),
+    (lambda s: s.update(plot={"x": "seed"}), "the seed is averaged over"),
+    (lambda s: s.update(plot={"x": "lr"}), "plot \"x\" is 'lr'"),
+])
+def test_a_bad_sweep_config_is_refused_before_any_run(tmp_path, capsys, edit, message):
+    path = _sweep_spec(tmp_path, runs=1, epochs=1)
+    spec = json.loads(open(path).read())
+    edit(spec)
+    open(path, "w").write(json.dumps(spec))
+    code, err = _cli(capsys, ["sweep", path, "--root", str(tmp_path / "runs"), "--workers", "1"])
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
+    assert not (tmp_path / "outside").exists()
+
+
+def test_one_sweep_per_folder_at_a_time(tmp_path, capsys):
+    from tinyitop.sweep import _sweep_lock
+    config = _sweep_spec(tmp_path, runs=1, epochs=1)
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    with _sweep_lock(str(tmp_path / "runs" / "tiny")):                     # another sweep holds it
+        code, err = _cli(capsys, ["sweep", config, "--root", str(tmp_path / "runs"), "--workers", "1"])
+    assert code == 2 and len(err) == 1 and "another sweep" in err[0]
+    assert not (tmp_path / "runs" / "tiny" / "seed=0").exists()

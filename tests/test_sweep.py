@@ -7,7 +7,7 @@ import pytest
 
 from tinyitop.cli import config_from_args
 from tinyitop.metrics import read_jsonl
-from tinyitop.sweep import expand, load_config, run, train_command
+from tinyitop.sweep import check_plot, check_runs, expand, load_config, run, train_command
 from tinyitop.train import Config, train
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -40,6 +40,8 @@ def test_every_shipped_config_expands_to_valid_train_commands():
     for name in sorted(os.listdir(EXPERIMENTS)):
         for full in (False, True):
             spec, preset = load_config(os.path.join(EXPERIMENTS, name), full)
+            check_runs(name, expand(preset))
+            check_plot(name, spec.get("plot"), expand(preset))      # the figure's axes vary in the runs
             for run_id, _, settings in expand(preset):
                 args = parser.parse_args(train_command(settings, "out")[4:])
                 config = config_from_args(args)

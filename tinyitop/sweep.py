@@ -9,10 +9,14 @@ then collects mean +- std over seeds into results.csv / results.md / results.png
 """
 import concurrent.futures
 import csv
+import errno
+import fcntl
+import io
 import itertools
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -20,12 +24,17 @@ import sys
 import threading
 import time
 
-from tinyitop.train import Config
+from tinyitop import checkpoint
+from tinyitop.rundir import atomic_write
+from tinyitop.train import RESUME_FREE, Config
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
 CONFIG_FIELDS = set(Config.__dataclass_fields__)
 NEGATABLE = {"augment"}     # on/off settings whose False is a flag of its own (--no-augment)
+SPEC_KEYS = {"name", "title", "claim", "plot", "reduced", "full"}
+PLOT_KEYS = {"x", "y", "series", "xscale"}
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=,+-]*")     # a folder name: no '/', no '..', no leading dot
 
 
 class SweepFailed(RuntimeError):
@@ -44,6 +53,15 @@ def load_config(path, full=False):
         raise ValueError(f"{path}: a sweep config is a JSON object with a \"name\" and a \"{section}\" section")
     if section not in spec:
         raise ValueError(f"{path} has no \"{section}\" section" + (" (it has no --full settings)" if full else ""))
+    unknown_keys = set(spec) - SPEC_KEYS
+    if unknown_keys:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown_keys)} (a sweep config has {', '.join(sorted(SPEC_KEYS))})")
+    if not SAFE_NAME.fullmatch(spec["name"]):
+        raise ValueError(f"{path}: \"name\" {spec['name']!r} must be a plain folder name (letters, digits, _ . = , + -)")
+    plot = spec.get("plot")
+    if plot is not None and (not isinstance(plot, dict) or "x" not in plot or set(plot) - PLOT_KEYS):
+        raise ValueError(f"{path}: \"plot\" must be an object with \"x\" and optionally "
+                         f"\"y\", \"series\", \"xscale\"; got {plot!r}")
     preset = spec[section]
     if not isinstance(preset, dict):
         raise ValueError(f"{path}: \"{section}\" must be a JSON object, got {type(preset).__name__}")
@@ -61,7 +79,69 @@ def load_config(path, full=False):
     unknown -= CONFIG_FIELDS
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    unknown_sections = set(preset) - {"base", "grid", "variants"}
+    if unknown_sections:
+        raise ValueError(f"{path}: \"{section}\" has unknown keys {sorted(unknown_sections)} (base, grid, variants)")
     return spec, preset
+
+
+def check_runs(path, runs):
+    """Every run's settings are valid training options, checked before any run starts."""
+    for run_id, _, settings in runs:
+        try:
+            Config(**settings).validate()
+        except (TypeError, ValueError) as err:
+            detail = str(err).replace("\n  - ", "; ").replace("bad options:", "").strip()
+            raise ValueError(f"{path}: run {run_id}: {detail}") from None
+
+
+def check_plot(path, plot, runs):
+    """The figure's axes name settings that vary between runs (seed is averaged over) and metrics
+    that exist: checked up front, not found by a traceback after every run finished."""
+    if not plot:
+        return
+    commands = [(run_id, label, settings, None) for run_id, label, settings in runs]
+    columns = (_varied(commands) - {"seed"}) | ({"label"} if any(label for _, label, _ in runs) else set())
+    for key in ("x", "series"):
+        if plot.get(key) is not None and plot[key] not in columns:
+            raise ValueError(f"{path}: plot \"{key}\" is {plot[key]!r}, but the runs vary only in "
+                             f"{sorted(columns) or 'nothing but the seed'} (the seed is averaged over)")
+    metrics = plot.get("y", [])
+    if not isinstance(metrics, list) or set(metrics) - set(METRICS):
+        raise ValueError(f"{path}: plot \"y\" must be a list of {', '.join(METRICS)}; got {metrics!r}")
+
+
+def _saved_config(run_folder):
+    """The settings a run folder was trained with (summary.json, else its checkpoint), or None."""
+    try:
+        with open(os.path.join(run_folder, "summary.json")) as f:
+            return json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if os.path.exists(os.path.join(run_folder, "checkpoint.npz")):
+        try:
+            return checkpoint.read_meta(os.path.join(run_folder, "checkpoint.npz"))["config"]
+        except ValueError:
+            return None
+    return None
+
+
+def check_not_stale(folder, runs):
+    """A run folder's identity is all of its resolved settings, not only the grid values in its name:
+    a folder trained with other settings (the base edited since) is refused, never reported."""
+    stale = []
+    for run_id, _, settings in runs:
+        saved = _saved_config(os.path.join(folder, run_id))
+        if saved is None:
+            continue
+        now = Config(**settings).to_json()
+        changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v]
+        if changed:
+            stale.append(f"{run_id} ({', '.join(changed)})")
+    if stale:
+        raise ValueError(f"{len(stale)} run folder(s) under {folder} were trained with other settings than the "
+                         f"config now gives: {stale[0]}{' and more' if len(stale) > 1 else ''}. Use another --root "
+                         "(or move those folders away) so that old results are not reported as new")
 
 
 def expand(preset):
@@ -150,21 +230,55 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
         preset = {**preset, "base": {**preset.get("base", {}), "dataset": dataset}}
         folder += "-" + os.path.splitext(os.path.basename(dataset))[0]
     runs = expand(preset)
+    check_runs(config_path, runs)
+    check_plot(config_path, spec.get("plot"), runs)
     commands = [(run_id, label, settings, train_command(settings, os.path.join(folder, run_id)))
                 for run_id, label, settings in runs]
     if print_commands:
         for *_, args in commands:
             print(shlex.join(["python"] + args[1:]))   # portable: the scheduler's python
         return None
+    check_not_stale(folder, runs)
     failed = {}
-    if not aggregate_only:
-        failed = _run_all(spec, folder, commands, workers, continue_command)
-    rows = aggregate(spec, folder, commands, failed)
+    os.makedirs(folder, exist_ok=True)
+    with _sweep_lock(folder):
+        if not aggregate_only:
+            failed = _run_all(spec, folder, commands, workers, continue_command)
+        rows = aggregate(spec, folder, commands, failed)
     if failed:
         listing = "; ".join(f"{run_id} (log: {os.path.join(folder, run_id, 'log.txt')})" for run_id in failed)
         raise SweepFailed(f"{len(failed)} of {len(commands)} runs failed: {listing}. Their points are missing "
                           f"from the results (marked in results.md); rerun the sweep to retry them")
     return rows
+
+
+class _sweep_lock:
+    """One sweep per folder at a time (an OS lock, released when the process dies): two sweeps on
+    one root would resume each other's runs and report false failures."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, ".sweep.lock")
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise ValueError(f"another sweep (PID {holder}) is running in {os.path.dirname(self.path)}: wait for "
+                             "it to finish, or use another --root") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
 
 
 def _run_all(spec, folder, commands, workers, continue_command=None):
@@ -235,16 +349,16 @@ def aggregate(spec, folder, commands, failed=None):
         return []
     columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
     rows = [{key: row.get(key, "") for key in columns} for row in rows]
-    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(folder, "results.csv"), lambda f: f.write(text.getvalue().encode()))
     table = markdown_table(rows)
     if failed:
         table += (f"\n**{len(failed)} failed run(s), missing from the table above:** " +
                   ", ".join(f"`{run_id}` (exit {code}, {run_id}/log.txt)" for run_id, code in failed.items()) + "\n")
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write(table)
+    atomic_write(os.path.join(folder, "results.md"), lambda f: f.write(table.encode()))
     if spec.get("plot"):
         from tinyitop.plots import sweep_figure
         title = spec.get("title", spec["name"])
