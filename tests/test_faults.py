@@ -553,3 +553,14 @@ def test_one_sweep_per_folder_at_a_time(tmp_path, capsys):
         code, err = _cli(capsys, ["sweep", config, "--root", str(tmp_path / "runs"), "--workers", "1"])
     assert code == 2 and len(err) == 1 and "another sweep" in err[0]
     assert not (tmp_path / "runs" / "tiny" / "seed=0").exists()
+
+
+def test_train_help_describes_every_option_with_its_default_once(capsys):
+    import re
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out.split("options:")[1]
+    options = [" ".join(o.split()) for o in re.split(r"\n  (?=--)", text)[1:]]
+    assert len(options) >= 25
+    for option in options:
+        assert option.count("default:") == 1, option

@@ -47,7 +47,7 @@ def add_train_arguments(parser, defaults=Config()):
     d = defaults
     a = parser.add_argument
     a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
-    a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, e.g. 1024,512 (default: 1024,512)")
+    a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, comma-separated (default: 1024,512)")
     a("--dataset", type=dataset_arg, default=d.dataset,
       help=f"{', '.join(DATASETS)} or PATH.npz with train_x/train_y/test_x/test_y (default: %(default)s)")
     a("--data-dir", default=d.data_dir, help="download/cache folder (default: ~/.cache/tinyitop)")
@@ -62,7 +62,8 @@ def add_train_arguments(parser, defaults=Config()):
     a("--init", choices=INIT_METHODS, default=d.init, help="per-layer densities (default: %(default)s)")
     a("--dense-layers", type=_name_list, default=d.dense_layers, help="layers kept dense, e.g. fc1,fc3 (default: none)")
     a("--fan-in-scaling", action="store_true",
-      help="scale each neuron's init by its actual fan-in (Evci et al. 2020); use for deep, very sparse nets")
+      help="scale each neuron's init by its actual fan-in (Evci et al. 2020); use for deep, very sparse nets "
+           "(default: off)")
     a("--update-interval", type=int, default=d.update_interval,
       help="Delta T: iterations between topology updates, not scaled by --multiplier (default: %(default)s)")
     a("--prune-rate", type=float, default=d.prune_rate, help="initial prune rate P, cosine to 0.005 (default: %(default)s)")
@@ -70,20 +71,21 @@ def add_train_arguments(parser, defaults=Config()):
       help="no topology updates after this epoch (Figure 4's 'w/o exploration'; default: never)")
     a("--epochs", type=int, default=d.epochs, help="epochs before the multiplier (default: %(default)s)")
     a("--multiplier", type=int, default=d.multiplier, help="extended training: epochs and LR milestones x this (default: %(default)s)")
-    a("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="initial learning rate, x0.1 at 1/2 and 3/4 of training (default: %(default)s)")
     a("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
-    a("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training samples (quick runs)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty on every parameter (default: %(default)s)")
+    a("--seed", type=int, default=d.seed, help="seeds weights, masks, growth, data order and split (default: %(default)s)")
+    a("--limit-train", type=int, default=d.limit_train,
+      help="use only the first N training samples, for quick runs (default: all)")
     a("--val-fraction", type=float, default=d.val_fraction,
       help="training images held out to pick the best epoch; 0 trains on all (the reference's protocol) "
            "and reports last and best test accuracy (default: %(default)s)")
     a("--out", default=d.out, help="output folder for metrics, checkpoint, figures (default: %(default)s)")
-    a("--resume", action="store_true", help="continue from OUT/checkpoint.npz (the same settings only)")
-    a("--overwrite", action="store_true", help="replace the run already in OUT (without it, a fresh run refuses)")
-    a("--no-progress", action="store_true", help="no progress bar within epochs")
-    a("--no-plots", action="store_true", help="skip the PNG figures at the end")
+    a("--resume", action="store_true", help="continue from OUT/checkpoint.npz (the same settings and data only; default: off)")
+    a("--overwrite", action="store_true", help="replace the run already in OUT: removes only what that run wrote (default: off)")
+    a("--no-progress", action="store_true", help="no progress bar within epochs (default: shown)")
+    a("--no-plots", action="store_true", help="skip the PNG figures at the end (default: drawn)")
 
 
 class _StdoutThatOutlivesItsReader:
@@ -186,8 +188,7 @@ def main(argv=None):
     parser = _Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train one model",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train_parser = commands.add_parser("train", help="train one model")   # each help states its default once
     add_train_arguments(train_parser)
     sweep_parser = commands.add_parser("sweep", help="run a grid of experiments from a JSON config")
     sweep_parser.add_argument("config", help="e.g. experiments/fig3_update_interval.json")
