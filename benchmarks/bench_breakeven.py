@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from bench_layers import median_ms  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
 from tinyitop.sparse import (GATHER_MAX_DENSITY, PRODUCT_CSR_MAX_DENSITY, random_sparse_weight,  # noqa: E402
                              sddmm, spmm)
@@ -29,24 +30,6 @@ SHAPES = [("MLP fc1 1024x3072", 1024, 3072, 1), ("MLP fc2 512x1024", 512, 1024, 
           ("conv 64x576 @32x32", 64, 576, 1024), ("conv 128x1152 @16x16", 128, 1152, 256),
           ("conv 256x2304 @8x8", 256, 2304, 64), ("conv 512x4608 @4x4", 512, 4608, 16)]
 WIDE = ("wide 10000x10000", 10000, 10000, 1)      # GPU only: its dense twin is 400 MB
-
-
-def sync():
-    if B.name == "cupy":
-        B.xp.cuda.Device().synchronize()
-
-
-def median_ms(fn, repeats):
-    fn()
-    fn()                           # warm-up: CuPy compiles kernels, caches plans
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def time_products(n_out, n_in, columns, density, repeats):

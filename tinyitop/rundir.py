@@ -49,6 +49,26 @@ def atomic_write(path, write):
         raise
 
 
+def lock(file, busy_message):
+    """flock an open file without waiting and write our PID into it; the lock lives while the file
+    is open (and dies with the process). If another process holds it: RunFolderError(busy_message
+    with {pid} filled in)."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise RunFolderError(busy_message.format(pid=holder)) from None
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    return file
+
+
 def write_json(path, value):
     atomic_write(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
@@ -87,21 +107,8 @@ class RunFolder:
             self._lock_file = open(self.path(LOCK_NAME), "a+")
         except OSError as err:
             raise RunFolderError(f"cannot write to --out {self.out} ({err.strerror}): choose a writable folder") from None
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "unknown"
-            self._lock_file.close()
-            self._lock_file = None
-            raise RunFolderError(f"another run (PID {holder}) is writing to {self.out}: wait for it to "
-                                 f"finish or choose another --out") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(str(os.getpid()))
-        self._lock_file.flush()
+        self._lock_file = lock(self._lock_file, f"another run (PID {{pid}}) is writing to {self.out}: wait for it "
+                                                f"to finish or choose another --out")
         self._remove_temporary_files(log)
         if resume and os.path.exists(self.checkpoint):
             return True

@@ -9,8 +9,6 @@ then collects mean +- std over seeds into results.csv / results.md / results.png
 """
 import concurrent.futures
 import csv
-import errno
-import fcntl
 import io
 import itertools
 import json
@@ -25,7 +23,7 @@ import threading
 import time
 
 from tinyitop import checkpoint
-from tinyitop.rundir import atomic_write
+from tinyitop.rundir import atomic_write, lock
 from tinyitop.train import RESUME_FREE, Config
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
@@ -260,21 +258,8 @@ class _sweep_lock:
         self.path = os.path.join(folder, ".sweep.lock")
 
     def __enter__(self):
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise ValueError(f"another sweep (PID {holder}) is running in {os.path.dirname(self.path)}: wait for "
-                             "it to finish, or use another --root") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
+        self.file = lock(open(self.path, "a+"), f"another sweep (PID {{pid}}) is running in "
+                                                f"{os.path.dirname(self.path)}: wait for it to finish, or use another --root")
         return self
 
     def __exit__(self, *exc):
