@@ -491,8 +491,9 @@ def _bad_npz(path, **changes):
 
 @pytest.mark.parametrize("case, extra, message", [
     ("huge hidden layer", ["--hidden", "2000000000"], "GiB"),
-    ("huge dense layer", ["--hidden", "2000000000", "--method", "dense"], "GiB"),
+    ("huge layer, dense at first", ["--hidden", "2000000000", "--method", "gmp"], "GiB"),
     ("negative stop epoch", ["--stop-exploration-epoch", "-3"], "stop_exploration_epoch must be >= 0"),
+    ("dense with a sparsity", ["--method", "dense"], "--method dense trains every weight"),   # _train_args: --sparsity 0.8
     ("val fraction leaves nothing", "val", "training images to train on"),
     ("labels as ids", "ids", "no 'classes' array"),
     ("nan statistics", "nan", "finite values"),

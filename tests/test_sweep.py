@@ -8,6 +8,7 @@ import pytest
 from tinyitop.cli import config_from_args
 from tinyitop.metrics import read_jsonl
 from tinyitop.sweep import check_plot, check_runs, expand, load_config, run, train_command
+from tinyitop.sweep import resolved as resolve_settings
 from tinyitop.train import Config, train
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -46,7 +47,7 @@ def test_every_shipped_config_expands_to_valid_train_commands():
                 args = parser.parse_args(train_command(settings, "out")[4:])
                 config = config_from_args(args)
                 config.validate()                                   # every run is a valid experiment
-                for key, value in settings.items():
+                for key, value in resolve_settings(settings).items():
                     expected = tuple(value) if isinstance(value, list) else value
                     assert getattr(config, key) == expected, (name, run_id, key)
 

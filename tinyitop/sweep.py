@@ -87,7 +87,7 @@ def check_runs(path, runs):
     """Every run's settings are valid training options, checked before any run starts."""
     for run_id, _, settings in runs:
         try:
-            Config(**settings).validate()
+            Config(**resolved(settings)).validate()
         except (TypeError, ValueError) as err:
             detail = str(err).replace("\n  - ", "; ").replace("bad options:", "").strip()
             raise ValueError(f"{path}: run {run_id}: {detail}") from None
@@ -132,7 +132,7 @@ def check_not_stale(folder, runs):
         saved = _saved_config(os.path.join(folder, run_id))
         if saved is None:
             continue
-        now = Config(**settings).to_json()
+        now = Config(**resolved(settings)).to_json()
         changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v]
         if changed:
             stale.append(f"{run_id} ({', '.join(changed)})")
@@ -162,10 +162,18 @@ def _text(value):
     return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
+def resolved(settings):
+    """A run's settings as training sees them: a dense run has no sparsity (the base's is for the
+    sparse runs beside it, and `train --method dense` refuses one)."""
+    if settings.get("method") == "dense":
+        return {k: v for k, v in settings.items() if k != "sparsity"}
+    return settings
+
+
 def train_command(settings, out):
     """The `python -m tinyitop train` command line for these settings."""
     args = [sys.executable, "-m", "tinyitop", "train", "--out", out, "--resume", "--no-progress", "--no-plots"]
-    for key, value in settings.items():
+    for key, value in resolved(settings).items():
         if value is None or key in ("out", "resume", "progress"):
             continue
         flag = "--" + key.replace("_", "-")
