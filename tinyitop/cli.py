@@ -59,7 +59,7 @@ def add_train_arguments(parser, defaults=Config()):
     a("--growth", choices=GROWTH_MODES, default=None,
       help="growth: random/unexplored for set, gradient for rigl (default: random for set, gradient for rigl)")
     a("--sparsity", type=float, default=None,
-      help=f"fraction of weights removed, in [0, 1); not for --method dense (default: {d.sparsity})")
+      help=f"fraction of weights removed, in [0, 1); --method dense takes none, or 0 (default: {d.sparsity})")
     a("--init", choices=INIT_METHODS, default=d.init, help="per-layer densities (default: %(default)s)")
     a("--dense-layers", type=_name_list, default=d.dense_layers, help="layers kept dense, e.g. fc1,fc3 (default: none)")
     a("--fan-in-scaling", action="store_true",
@@ -164,7 +164,7 @@ def config_from_args(args):
     settings = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
     if settings["sparsity"] is None:            # not given: the Config default
         del settings["sparsity"]
-    elif args.method == "dense":
+    elif args.method == "dense" and args.sparsity != 0:
         raise ValueError(f"--method dense trains every weight: --sparsity {args.sparsity} would be ignored "
                          "(drop it, or choose a sparse method such as --method set)")
     return Config(**settings, progress=not args.no_progress)

@@ -163,9 +163,9 @@ def _text(value):
 
 
 def resolved(settings):
-    """A run's settings as training sees them: a dense run has no sparsity (the base's is for the
-    sparse runs beside it, and `train --method dense` refuses one)."""
-    if settings.get("method") == "dense":
+    """A run's settings as training sees them: a dense run has no sparsity but 0 (the base's is for
+    the sparse runs beside it, and `train --method dense` refuses any other)."""
+    if settings.get("method") == "dense" and settings.get("sparsity", 0) != 0:
         return {k: v for k, v in settings.items() if k != "sparsity"}
     return settings
 
