@@ -219,3 +219,21 @@ def test_sparsify_keeps_named_layers_dense_and_out_of_rs():
     assert Exploration(layers).rs() == pytest.approx(0.1, abs=1e-4)
     with pytest.raises(ValueError, match="names no layer"):
         sparsify(resnet18(), 0.9, dense_layers=("fc9",))
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 1000])
+def test_blocked_gradient_growth_picks_the_same_positions_as_the_dense_gradient(any_backend, rows_per_block):
+    """RigL without a dense gradient: scoring |dY X^T| one block of rows at a time, with a running
+    top-k, grows exactly where the whole dense gradient would."""
+    from tinyitop.topology import grow, top_gradient_positions
+    rng = np.random.default_rng(5)
+    model = mlp(40, (), 30, sparsity=0.8, init="uniform")         # one 30x40 layer
+    weight = model.fc1.weight_param
+    dout_t = B.to_device(rng.standard_normal((30, 16)).astype(np.float32))   # (out, M)
+    x_t = B.to_device(rng.standard_normal((40, 16)).astype(np.float32))      # (in, M)
+    kept = weight.flat_positions()[::2]
+    k = 50
+    dense = grow(weight, kept, k, "gradient", dense_grad=dout_t @ x_t.T)
+    blocked = top_gradient_positions(weight, kept, k, dout_t, x_t, max_bytes=rows_per_block * 40 * 4)
+    np.testing.assert_array_equal(_host(blocked), _host(dense))
+    assert not np.isin(_host(blocked), _host(kept)).any() and _host(blocked).size == k

@@ -299,7 +299,8 @@ class _SparseMixin:
     """Shared by both sparse layers: the product (sparse forward, dx, gradient at the nonzeros)."""
 
     keep_dense_grad = False   # set by the topology engine before a RigL update step
-    dense_grad = None         # (out, in) gradient of the last backward, only when keep_dense_grad
+    dense_grad = None         # (out, in) gradient of the last backward, only when keep_dense_grad and it fits
+    grad_operands = None      # (dout_t, inputs_t) of that backward: RigL scores from them by blocks
     dense_weight = None       # (out, in) scattered weight of the last forward, on the dense path
 
     @property
@@ -339,16 +340,19 @@ class _SparseMixin:
     def _weight_grad(self, dout_t, inputs_t):
         """dout_t (out, M), inputs_t (in, M), both feature-major -> gradient at the nonzeros."""
         w = self.weight_param
-        self.dense_grad = None
+        self.dense_grad = self.grad_operands = None
         path = self.paths()[1]
-        if path == "gather" and not self.keep_dense_grad:
+        if self.keep_dense_grad:    # RigL grows where this minibatch's |gradient| is largest: it scores
+            self.grad_operands = (dout_t, inputs_t)      # from these by blocks, never the whole (out, in)
+            if w.numel * w.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES:   # small: the dense gradient too,
+                self.dense_grad = dout_t @ inputs_t.T                  # for readers; (out, in)
+                return w.take(self.dense_grad)
+        if path == "gather":
             order, rows, cols = w.gather_plan()
             return sddmm(dout_t, inputs_t, rows, cols, order)
-        if path == "blocked dense+take" and not self.keep_dense_grad:
+        if path == "blocked dense+take":
             return blocked_dense_take(w, dout_t, inputs_t, DENSE_BUFFER_MAX_BYTES)
         dense = dout_t @ inputs_t.T                                      # (out, M) @ (M, in) -> (out, in)
-        if self.keep_dense_grad:        # RigL grows where this minibatch's dense gradient is largest
-            self.dense_grad = dense
         return w.take(dense)                                             # (nnz,) at the nonzeros
 
 

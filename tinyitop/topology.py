@@ -10,7 +10,7 @@ import math
 
 from tinyitop import backend as B
 from tinyitop.init import sample_positions
-from tinyitop.sparse import SPARSE_TYPES
+from tinyitop.sparse import DENSE_BUFFER_MAX_BYTES, SPARSE_TYPES
 
 GROWTH_MODES = ("random", "gradient", "unexplored")
 FINAL_PRUNE_RATE = 0.005
@@ -41,15 +41,48 @@ def prune(weight, k):
     return xp.sort(keep)
 
 
-def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None):
-    """k new flat positions, none in `kept_positions` (sorted), chosen by `mode`; sorted."""
+def top_gradient_positions(weight, kept_positions, k, dout_t, inputs_t, max_bytes=DENSE_BUFFER_MAX_BYTES):
+    """RigL's growth without a dense gradient: the k absent flat positions with the largest
+    |dL/dw| = |dout_t @ inputs_t.T| of this minibatch (dout_t (out, M), inputs_t (in, M)), scored one
+    block of rows at a time (at most `max_bytes` of scores) with a running top-k. Memory: one block
+    plus 2k candidates, whatever the layer's size. Sorted (k,) int64."""
+    xp = B.xp
+    n_out, n_in = weight.shape
+    rows_per_block = max(1, max_bytes // (n_in * dout_t.dtype.itemsize))
+    best_positions = xp.zeros(0, dtype=xp.int64)
+    best_scores = xp.zeros(0, dtype=dout_t.dtype)
+    for r0 in range(0, n_out, rows_per_block):
+        r1 = min(r0 + rows_per_block, n_out)
+        scores = xp.abs(dout_t[r0:r1] @ inputs_t.T).reshape(-1)          # (rows * in,) this block only
+        lo, hi = (int(i) for i in xp.searchsorted(kept_positions, xp.asarray([r0 * n_in, r1 * n_in])))
+        scores[kept_positions[lo:hi] - r0 * n_in] = -1                  # active ones are not candidates
+        take = min(k, scores.size)
+        top = xp.argpartition(-scores, take - 1)[:take] if take < scores.size else xp.arange(scores.size)
+        positions = xp.concatenate([best_positions, top.astype(xp.int64) + r0 * n_in])
+        values = xp.concatenate([best_scores, scores[top]])
+        if positions.size > k:                                          # keep the running top-k
+            keep = xp.argpartition(-values, k - 1)[:k]
+            positions, values = positions[keep], values[keep]
+        best_positions, best_scores = positions, values
+    return xp.sort(best_positions)
+
+
+def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None, grad_operands=None):
+    """k new flat positions, none in `kept_positions` (sorted), chosen by `mode`; sorted.
+
+    Gradient growth takes the step's operands (dout_t, inputs_t) and scores by blocks
+    (`top_gradient_positions`), or a dense gradient (out, in) when one is given instead.
+    """
     xp = B.xp
     numel = weight.numel
     if mode == "random":
         return sample_positions(numel, k, excluded=kept_positions)
     if mode == "gradient":
+        if k and grad_operands is not None:
+            return top_gradient_positions(weight, kept_positions, k, *grad_operands)
         if dense_grad is None:
-            raise ValueError("gradient growth needs the dense gradient of this step (layer.keep_dense_grad)")
+            raise ValueError("gradient growth needs this step's gradient operands or dense gradient "
+                             "(layer.keep_dense_grad)")
         scores = xp.abs(dense_grad).reshape(-1)                     # (numel,)
         scores[kept_positions] = -1                                # active ones are not candidates
         return xp.sort(xp.argpartition(-scores, k - 1)[:k]).astype(xp.int64) if k else kept_positions[:0]
@@ -65,7 +98,7 @@ def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None):
     raise ValueError(f"unknown growth mode {mode!r}: choose one of {', '.join(GROWTH_MODES)}")
 
 
-def update_layer(weight, rate, mode, explored=None, dense_grad=None):
+def update_layer(weight, rate, mode, explored=None, dense_grad=None, grad_operands=None):
     """Prune and regrow one SparseWeight in place.
 
     Returns (source, kept_positions, grown_positions); `source[j]` is the old slot of new nonzero j,
@@ -76,7 +109,7 @@ def update_layer(weight, rate, mode, explored=None, dense_grad=None):
     positions = weight.flat_positions()                            # (nnz,) sorted
     kept_slots = prune(weight, k)                                   # (nnz - k,)
     kept_positions = positions[kept_slots]
-    grown = grow(weight, kept_positions, k, mode, explored, dense_grad)
+    grown = grow(weight, kept_positions, k, mode, explored, dense_grad, grad_operands)
     new_positions = xp.concatenate([kept_positions, grown])
     source = xp.concatenate([kept_slots, xp.full(grown.size, -1, dtype=kept_slots.dtype)])
     order = xp.argsort(new_positions)
@@ -136,9 +169,10 @@ class TopologyUpdater:
         for name, layer in self.layers.items():
             weight = layer.weight_param
             explored = self.exploration.sets[name]
-            source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad)
+            source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad,
+                                               layer.grad_operands)
             self.optimizer.remap(weight, source)
             explored.record_update(kept, grown)
-            layer.keep_dense_grad, layer.dense_grad = False, None
+            layer.keep_dense_grad, layer.dense_grad, layer.grad_operands = False, None, None
             self.last_update[name] = (source, kept, grown)
         return rate
