@@ -13,7 +13,6 @@ PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse.py come from t
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 

@@ -43,9 +43,9 @@ step demo_epochs 60 python3 -m tinyitop train --dataset /tmp/cifar_shaped.npz --
   --epochs 4 --no-progress --no-plots --out /tmp/demo_run
 step resnet18_epoch 45 python3 -m tinyitop train --model resnet18 --dataset /tmp/cifar_shaped.npz --augment \
   --val-fraction 0 --limit-train 12800 --epochs 2 --no-progress --no-plots --out /tmp/resnet_run
-# The code as it was before this work (.baseline/old, carried when present) against the current code,
-# same GPU, same process-free probe: the before/after of the step times.
+# The code as it was before (a checkout in .baseline/old, carried when present) against the current code,
+# same GPU, bench_step.py in one process each: the before/after of the step times.
 if [ -d .baseline/old ]; then
-  step before_after 90 bash -c 'for tree in .baseline/old .; do python3 .baseline/probe.py $tree mlp:0.95:50 mlp:0:50 resnet18:0.95:10 resnet18:0:10 vgg16:0.95:10; done'
+  step before_after 90 bash -c 'for tree in .baseline/old .; do python3 benchmarks/bench_step.py $tree mlp:0.95:50 mlp:0:50 resnet18:0.95:10 resnet18:0:10 vgg16:0.95:10; done'
 fi
 cat "$OUT/summary.txt"

@@ -6,7 +6,7 @@ from gradcheck import check_layer
 from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
 from tinyitop.layers import Conv2d, Parameter
-from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, choose_paths, csr_from_flat, sddmm
+from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, csr_from_flat, sddmm
 
 
 def _mask(kind, shape, rng):
