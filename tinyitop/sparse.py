@@ -30,7 +30,10 @@ from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
 #     CSR forward/dx beat BLAS up to 2% on every shape and lose from 5% on the conv shapes (by
 #     1.1-1.5x); on the MLP's 1024x3072 CSR still wins at 5% (forward) or ties (dx). So 3.5% for
 #     conv layers, 5% for linear ones. The gather beats dense+take up to 2% on every shape (the
-#     conv 64x576 layer at 1%) and loses from 5%: 3% for linear layers, 2.5% for conv layers.
+#     conv 64x576 layer at 1%) and loses from 5%; ResNet-18's 512x4608 layers at 2.8% still gather
+#     faster (benchmarks/bench_paths.py): 3% for both kinds. Where a layer sits near a threshold
+#     the column count matters too (a gathered row of M values stays in cache for small M), which
+#     these constants ignore: bench_paths.py shows the one layer where that costs (README).
 #   GPU (H100, this benchmark; GPU-NOTES' H200 agrees): cuSPARSE's forward beats cuBLAS only below
 #     0.2-0.5% on the large layers (conv 256x2304 and up, the 10000x10000 one) and never on the
 #     MLP's; CSR^T @ dY only below 0.2%; the gather only at 0.2% on the 10000x10000 layer. So 0.2%
@@ -38,7 +41,7 @@ from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
 # The thresholds are constants, not calibrated at run time, so one run always takes the same paths
 # and a resumed run stays bit-identical.
 PRODUCT_CSR_MAX_DENSITY = {"numpy": {"linear": 0.05, "conv": 0.035}, "cupy": {"linear": 0.002, "conv": 0.002}}
-GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.025}, "cupy": {"linear": 0.002, "conv": 0.002}}
+GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.03}, "cupy": {"linear": 0.002, "conv": 0.002}}
 # A layer whose dense (out, in) matrix would exceed this keeps its products on CSR at any density:
 # the wide 10000x10000 layer would need 400 MB per dense buffer, which is what truly sparse
 # training exists to avoid. Its gradient may still take the dense path, one block of rows at a
