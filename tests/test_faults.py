@@ -243,7 +243,8 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_a_closed_stdout_does_not_kill_it(tm
     args = ["-m", "tinyitop", "train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "200",
             "--out", str(tmp_path / "run"), "--no-progress", "--no-plots"]
     process = _python(args)
-    _wait_for(lambda: (tmp_path / "run" / "checkpoint.npz").exists())
+    metrics = tmp_path / "run" / "metrics.jsonl"         # two epochs logged: the first checkpoint is on record
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err and err.strip().endswith("--resume")
