@@ -93,14 +93,19 @@ def main():
               f"{PRODUCT_CSR_MAX_DENSITY[B.name][kind]}, gather below {GATHER_MAX_DENSITY[B.name][kind]} "
               f"(tinyitop/sparse.py)")
     if args.plot:
-        plot(results, args.plot, B.describe(), B.name)
+        plot(results, args.plot, short_title(B.describe()), B.name)
+
+
+def short_title(describe):
+    """'backend: numpy (TINYITOP_BACKEND unset; not cupy: ...)' -> 'backend: numpy': the figure's title."""
+    return describe.split(" (TINYITOP_BACKEND unset")[0]
 
 
 def read_table(path):
     """(device line, {shape label: [row dict per density]}) from this benchmark's printed output."""
     keys = ("fwd csr", "fwd dense", "dx csr", "dx dense", "dW gather", "dW dense+take")
     lines = open(path).read().splitlines()
-    title, results, label = lines[0].split(" | ")[0], {}, None
+    title, results, label = short_title(lines[0].split(" | ")[0]), {}, None
     for line in lines[1:]:
         if ", M = " in line:
             label = line.split(", M = ")[0]
