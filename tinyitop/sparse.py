@@ -54,7 +54,7 @@ DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
 def choose_paths(weight, kind):
     """(product path, gradient path) of a SparseWeight in a "linear" or "conv" layer, on the active
     backend: "csr" or "dense", and "gather", "dense+take" or "blocked dense+take" (see above)."""
-    fits = weight.numel * weight.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES
+    fits = weight.fits_dense()
     density = weight.density
     product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][kind] or not fits else "dense"
     if density < GATHER_MAX_DENSITY[B.name][kind]:
@@ -213,6 +213,10 @@ class SparseWeight(Parameter):
     def density(self):
         return self.nnz / self.numel
 
+    def fits_dense(self):
+        """Whether a dense (out, in) copy stays within DENSE_BUFFER_MAX_BYTES (see choose_paths)."""
+        return self.numel * self.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES
+
     def rows(self):
         """Row of each nonzero, (nnz,) int32 (cached until the topology changes)."""
         if self._rows is None:
@@ -347,8 +351,8 @@ class _SparseMixin:
         path = self.paths()[1]
         if self.keep_dense_grad:    # RigL grows where this minibatch's |gradient| is largest: it scores
             self.grad_operands = (dout_t, inputs_t)      # from these by blocks, never the whole (out, in)
-            if w.numel * w.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES:   # small: the dense gradient too,
-                self.dense_grad = dout_t @ inputs_t.T                  # for readers; (out, in)
+            if w.fits_dense():                           # small: the dense gradient too,
+                self.dense_grad = dout_t @ inputs_t.T    # for readers and growth; (out, in)
                 return w.take(self.dense_grad)
         if path == "gather":
             order, rows, cols = w.gather_plan()

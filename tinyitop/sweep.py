@@ -24,7 +24,7 @@ import time
 
 from tinyitop import checkpoint
 from tinyitop.rundir import atomic_write, lock
-from tinyitop.train import RESUME_FREE, Config
+from tinyitop.train import Config, changed_settings
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
@@ -132,8 +132,7 @@ def check_not_stale(folder, runs):
         saved = _saved_config(os.path.join(folder, run_id))
         if saved is None:
             continue
-        now = Config(**resolved(settings)).to_json()
-        changed = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v]
+        changed = [f"{k} {old} -> {new}" for k, old, new in changed_settings(saved, Config(**resolved(settings)))]
         if changed:
             stale.append(f"{run_id} ({', '.join(changed)})")
     if stale:

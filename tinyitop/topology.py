@@ -70,15 +70,15 @@ def top_gradient_positions(weight, kept_positions, k, dout_t, inputs_t, max_byte
 def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None, grad_operands=None):
     """k new flat positions, none in `kept_positions` (sorted), chosen by `mode`; sorted.
 
-    Gradient growth takes the step's operands (dout_t, inputs_t) and scores by blocks
-    (`top_gradient_positions`), or a dense gradient (out, in) when one is given instead.
+    Gradient growth scores a dense gradient (out, in) when the layer kept one (it fits the memory
+    cap), else the step's operands (dout_t, inputs_t) by blocks (`top_gradient_positions`).
     """
     xp = B.xp
     numel = weight.numel
     if mode == "random":
         return sample_positions(numel, k, excluded=kept_positions)
     if mode == "gradient":
-        if k and grad_operands is not None:
+        if dense_grad is None and k and grad_operands is not None:
             return top_gradient_positions(weight, kept_positions, k, *grad_operands)
         if dense_grad is None:
             raise ValueError("gradient growth needs this step's gradient operands or dense gradient "

@@ -254,6 +254,13 @@ def _check_finite(loss, epoch, state, folder):
                                f"--resume continues only the same settings")
 
 
+def changed_settings(saved, config):
+    """[(setting, saved value, value now)] for every setting that changes the result (not
+    RESUME_FREE) and differs between a saved run's config (JSON) and `config`."""
+    now = config.to_json()
+    return [(k, saved.get(k), v) for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v]
+
+
 def _available_bytes():
     """Memory this machine can still give (MemAvailable), or None where /proc/meminfo is absent."""
     try:
@@ -275,7 +282,7 @@ def check_memory(config, data):
     else:                                       # conv nets: fixed sizes, only the classifier grows
         shapes = [(512 * 4, data.num_classes), (11_000_000, 1)]
     dense_numel = sum(a * b for a, b in shapes)
-    if config.method == "dense" or config.method in ("gmp", "snip", "snip-set", "lth", "lth-set"):
+    if config.method in ("dense", "gmp", "snip", "snip-set", "lth", "lth-set"):
         need = dense_numel * 4 * 3                 # weight, gradient, momentum (float32); dense at some point
     else:                                          # sparse from scratch: ~40 bytes per active weight
         need = (1 - config.sparsity) * dense_numel * 40
@@ -289,8 +296,7 @@ def check_memory(config, data):
 def _check_resumable(folder, config, data_hash):
     """Before any work: the checkpoint's settings and data must be this run's (one line if not)."""
     meta = checkpoint.read_meta(folder.checkpoint)
-    saved, now = meta["config"], config.to_json()
-    changed = [f"{k} ({saved.get(k)} -> {now[k]})" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    changed = [f"{k} ({old} -> {new})" for k, old, new in changed_settings(meta["config"], config)]
     if changed:
         raise ValueError(f"--resume: {folder.checkpoint} was made with other settings: {', '.join(changed)}. "
                          f"Resume with the same settings, or start again with --overwrite")
