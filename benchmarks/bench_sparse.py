@@ -26,18 +26,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_layers import sync  # noqa: E402  (waits for the GPU so a timing covers the kernels queued)
 from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.models import resnet18, skip_input_gradient, sparsify, vgg16  # noqa: E402
 from tinyitop.topology import TopologyUpdater, sparse_layers  # noqa: E402
 
 CONV_MODELS = {"resnet18": resnet18, "vgg16": vgg16}
-
-
-def sync():
-    """Wait for the GPU: a timing must include the kernels a step queued, not just their launch."""
-    if B.name == "cupy":
-        B.xp.cuda.Device().synchronize()
 
 
 def torch_ms(spec, densities):

@@ -205,10 +205,6 @@ class SparseWeight(Parameter):
         held += list(self._plan or ())
         return int(sum(a.nbytes for a in held if a is not None))
 
-    def scratch_nbytes(self):
-        """Bytes of the dense buffer of the dense-product path (0 on the CSR path)."""
-        return 0 if self._dense is None else int(self._dense.nbytes)
-
     @property
     def density(self):
         return self.nnz / self.numel
