@@ -226,8 +226,12 @@ def main(argv=None):
                         resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
 
 
-def demo_main(description, paper, quick, argv=None):
-    """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run."""
+def demo_main(description, paper, quick, argv=None, add_arguments=None, adjust=None, after=None):
+    """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run.
+
+    A demo with options of its own passes `add_arguments(parser)`, `adjust(args, settings) -> settings`
+    (the Config fields before the run) and `after(config, run)` (e.g. a report, once the run is done).
+    """
     prepare_process()
     if _exit_status(B.resolve):
         return 2
@@ -242,10 +246,19 @@ def demo_main(description, paper, quick, argv=None):
     parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
                 "data_dir": args.data_dir, "augment": args.augment, "out": args.out, "resume": args.resume, "overwrite": args.overwrite,
                 "progress": not args.no_progress}
+    if adjust is not None:
+        settings = adjust(args, settings)
     argv = sys.argv[1:] if argv is None else list(argv)
-    return _exit_status(lambda: run_and_plot(Config(**settings)),
-                        resume_command=_resume_command(["python", sys.argv[0]], argv))
+
+    def run():
+        config = Config(**settings)
+        trained = run_and_plot(config)
+        if after is not None:
+            after(config, trained)
+    return _exit_status(run, resume_command=_resume_command(["python", sys.argv[0]], argv))

@@ -6,6 +6,11 @@ import json
 import math
 import os
 
+try:
+    import resource          # Unix only; peak memory is then not reported
+except ImportError:
+    resource = None
+
 from tinyitop.rundir import atomic_write
 
 
@@ -59,11 +64,24 @@ def read_jsonl(path):
     return JsonLines(path).read()
 
 
+def peak_rss_mb():
+    """Largest resident memory of this process so far, in MB (None where unknown)."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 1024     # bytes on macOS, KiB on Linux
+
+
+def format_rs(value):
+    """R_s with four decimals; a very sparse net (a million neurons: R_s ~ 4e-5) in significant digits."""
+    return f"{value:.4f}" if value >= 1e-3 or value == 0 else f"{value:.3g}"
+
+
 def format_epoch(row):
     """The line printed after each epoch."""
     val = "" if row.get("val_acc") is None else f"  val {row['val_acc']:.4f}"
     test = "" if row.get("test_acc") is None else f" test {row['test_acc']:.4f}"
     return (f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
             f"train {row['train_acc']:.4f}{val}{test}  "
-            f"R_s {row['rs']:.4f} (reliable {row['rs_reliable']:.4f})  "
+            f"R_s {format_rs(row['rs'])} (reliable {format_rs(row['rs_reliable'])})  "
             f"{row['seconds']:.1f}s  {row['samples_per_s']:.0f} samples/s")

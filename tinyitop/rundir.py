@@ -1,7 +1,7 @@
 """The run folder's rules, in one place, so that train() shows the training loop and nothing else.
 
-A run writes metrics.jsonl, updates.jsonl, checkpoint.npz, summary.json (and init.npz, figures,
-an LTH run's dense/ twin) into its --out folder. The rules that keep that folder whole:
+A run writes metrics.jsonl, updates.jsonl, checkpoint.npz, summary.json (and init.npz, figures, a
+demo's report.md, an LTH run's dense/ twin) into its --out folder. The rules that keep that folder whole:
 - one writer at a time: an OS lock (flock) on OUT/.lock, released when the process dies;
 - a fresh run never mixes with an old one: it refuses a folder that holds a run unless told
   to --overwrite (then the old run's files go first, together) or to --resume it;
@@ -21,7 +21,7 @@ import re
 import shutil
 
 RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
-             "training.png", "exploration.png", "mask_evolution.png")
+             "training.png", "exploration.png", "mask_evolution.png", "report.md")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
 LOCK_NAME = ".lock"
 MANIFEST_NAME = ".tinyitop-run"    # {"claimed": [names]}: what this folder's run may write and delete

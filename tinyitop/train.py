@@ -22,7 +22,7 @@ from tinyitop.explore import Exploration, mask_crop
 from tinyitop.flops import FlopCounter
 from tinyitop.init import INIT_METHODS
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
-from tinyitop.metrics import JsonLines, format_epoch
+from tinyitop.metrics import JsonLines, format_epoch, format_rs, peak_rss_mb
 from tinyitop.models import MODELS, mlp, skip_input_gradient, sparsify
 from tinyitop.optim import SGD, MultiStepLR
 from tinyitop.rundir import RunFolder, write_json
@@ -401,7 +401,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
     log(B.describe())
     log(f"{config.model} on {data.name}: {len(train_x)} train / {len(val_x)} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
-        f"R_s at start {exploration.rs():.4f}")
+        f"R_s at start {format_rs(exploration.rs())}")
     if (config.method in EXPLORING or pruner) and config.update_interval > total_steps:
         log(f"warning: Delta T = {config.update_interval} iterations is more than this run's {total_steps}: "
             f"no topology update will happen, so nothing is explored. Lower --update-interval")
@@ -440,6 +440,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
                 if step % FINITE_CHECK_EVERY == 0:
                     _check_finite(B.scalar(loss_sum), epoch, state, folder)   # sync point every 50 iterations
             train_loss = B.scalar(loss_sum) / len(train_x)             # sync point: once per epoch
+            train_seconds = time.perf_counter() - started               # the epoch without its evaluation
             _check_finite(train_loss, epoch, state, folder)
             train_acc = B.scalar(correct) / len(train_x)
             val_loss, val_acc = evaluate(model, val_x, val_y, data, config.batch_size)
@@ -454,7 +455,8 @@ def _train(config, folder, resuming, log, on_epoch_end):
                    "test_loss": test_loss, "test_acc": test_acc, "rs": exploration.rs(),
                    "train_flops_rel": flops.train_relative(), "test_flops_rel": flops.test_relative(),
                    "rs_reliable": exploration.rs_reliable(), **layer_stats(model, exploration),
-                   "seconds": seconds, "samples_per_s": len(train_x) / seconds}
+                   "seconds": seconds, "train_seconds": train_seconds, "samples_per_s": len(train_x) / seconds,
+                   "peak_rss_mb": peak_rss_mb()}
             metrics.append(row)
             log(format_epoch(row))
             checkpoint.save(folder.checkpoint, model, optimizer, exploration,
