@@ -25,7 +25,7 @@ from tinyitop.rundir import RunFolder
 from tinyitop.train import Config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")   # differ between runs
 
 
 def _config(tmp_path, name="run", **overrides):

@@ -14,7 +14,8 @@ from tinyitop.train import Config, TrainingDiverged, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {"epoch", "iteration", "lr", "prune_rate", "train_loss", "train_acc", "val_acc", "test_acc", "rs",
-          "rs_reliable", "rs_per_layer", "density_per_layer", "nnz_per_layer", "seconds", "samples_per_s"}
+          "rs_reliable", "rs_per_layer", "density_per_layer", "nnz_per_layer", "seconds", "samples_per_s",
+          "train_seconds", "peak_rss_mb"}
 have_fashion = pytest.mark.skipif(not os.path.exists(FASHION_SYSTEM_DIR), reason="dataset-fashion-mnist not installed")
 
 
@@ -61,7 +62,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(killed, on_epoch_end=crash_after_two)
     assert len(read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))) == 2
     train(_config(tmp_path, out=str(tmp_path / "b"), epochs=4, resume=True))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")} for r in rows]
     assert strip(read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))) == strip(read_jsonl(str(tmp_path / "b" / "metrics.jsonl")))
     assert read_jsonl(str(tmp_path / "a" / "updates.jsonl")) == read_jsonl(str(tmp_path / "b" / "updates.jsonl"))
 

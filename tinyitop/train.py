@@ -336,11 +336,11 @@ def _summarise(config, state, metrics, step, log):
     write_json(os.path.join(config.out, "summary.json"), summary)
     if no_val:
         log(f"no validation set: last epoch test acc {summary['last_test_acc']:.4f}; best test acc over epochs "
-            f"{summary['best_test_acc']:.4f} (chosen on the test set, optimistic); final R_s {summary['final_rs']:.4f}")
+            f"{summary['best_test_acc']:.4f} (chosen on the test set, optimistic); final R_s {format_rs(summary['final_rs'])}")
     else:
         log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
             f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
-            f"final R_s {summary['final_rs']:.4f}")
+            f"final R_s {format_rs(summary['final_rs'])}")
     return summary
 
 
