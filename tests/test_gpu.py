@@ -35,12 +35,12 @@ def test_mlp_on_gpu_matches_numpy():
 def _plain(function, *args):
     """Run a tinyitop.fused function on the plain-expression path (as on NumPy), on device arrays."""
     import tinyitop.fused as fused
-    saved = fused._kernel
-    fused._kernel = lambda name: None
+    saved = fused.kernel
+    fused.kernel = lambda name: None
     try:
         return function(*args)
     finally:
-        fused._kernel = saved
+        fused.kernel = saved
 
 
 def test_fused_kernels_equal_their_plain_expressions_on_gpu():
@@ -108,3 +108,16 @@ def test_sparse_resnet_step_on_gpu_matches_numpy(paths, monkeypatch):
     assert abs(gpu_loss - cpu_loss) < 1e-4
     for name in cpu_params:
         np.testing.assert_allclose(gpu_params[name], cpu_params[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("kh,kw,stride,padding", [(3, 3, 1, 1), (3, 3, 2, 1), (1, 1, 2, 0), (5, 5, 3, 2)])
+def test_im2col_kernels_equal_the_slice_loops_on_gpu(kh, kw, stride, padding):
+    _cupy_or_skip()
+    from tinyitop.im2col import col2im, im2col
+    rng = np.random.default_rng(4)
+    x = B.to_device(rng.standard_normal((3, 4, 9, 8)), dtype="float32")
+    cols = im2col(x, kh, kw, stride, padding)
+    np.testing.assert_array_equal(B.to_host(cols), B.to_host(_plain(im2col, x, kh, kw, stride, padding)))
+    dcols = B.to_device(rng.standard_normal(cols.shape), dtype="float32")
+    np.testing.assert_array_equal(B.to_host(col2im(dcols, x.shape, kh, kw, stride, padding)),
+                                  B.to_host(_plain(col2im, dcols, x.shape, kh, kw, stride, padding)))

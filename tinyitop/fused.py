@@ -12,7 +12,7 @@ from tinyitop import backend as B
 _kernels = {}
 
 
-def _kernel(name):
+def kernel(name):
     """The compiled CuPy kernel `name` (built once), or None where the plain expression runs.
 
     The stand-in for CuPy (tests/fake_cupy.py) has CuPy's names but cannot compile CUDA: it takes
@@ -42,14 +42,42 @@ _CUDA = {
     "normalise": ("U image, T mean, T std", "T out", "out = ((T)image / (T)255 - mean) / std;"),
     "relu_backward": ("T dout, T y", "T dx", "dx = y > 0 ? dout : (T)0;"),
     "add_relu": ("T a, T b", "T y", "T s = a + b; y = s > 0 ? s : (T)0;"),
+    # im2col / col2im (tinyitop/im2col.py, which calls them beside the slice loops they replace): one
+    # kernel each instead of 1 + KH*KW strided copies. i runs over the output; x is (C, N, H, W)
+    # contiguous, cols (C*KH*KW, N*OH*OW); a position in the zero padding reads as 0.
+    "im2col": ("raw T x, int32 n, int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 stride, "
+               "int32 pad", "T cols",
+               "const ptrdiff_t m = (ptrdiff_t)n * oh * ow, row = i / m, col = i - row * m;"
+               "const int kx = row % kw, ky = (row / kw) % kh, ox = col % ow, oy = (col / ow) % oh;"
+               "const ptrdiff_t ch = row / ((ptrdiff_t)kh * kw), image = col / ((ptrdiff_t)oh * ow);"
+               "const int y = oy * stride - pad + ky, xx = ox * stride - pad + kx;"
+               "cols = (y >= 0 && y < h && xx >= 0 && xx < w) ? x[((ch * n + image) * h + y) * w + xx] : (T)0;"),
+    # The adjoint, as a gather (no atomics): each input position sums the column entries it fed, in
+    # the slice loop's order (ky, then kx), so the two paths add the same numbers in the same order.
+    "col2im": ("raw T cols, int32 n, int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, int32 stride, "
+               "int32 pad", "T dx",
+               "const int xx = i % w, y = (i / w) % h;"
+               "const ptrdiff_t image = (i / ((ptrdiff_t)h * w)) % n, ch = i / ((ptrdiff_t)h * w * n);"
+               "const ptrdiff_t m = (ptrdiff_t)n * oh * ow;"
+               "T sum = 0;"
+               "for (int ky = 0; ky < kh; ++ky) {"
+               "  const int ty = y + pad - ky;"
+               "  if (ty < 0 || ty % stride != 0 || ty / stride >= oh) continue;"
+               "  for (int kx = 0; kx < kw; ++kx) {"
+               "    const int tx = xx + pad - kx;"
+               "    if (tx < 0 || tx % stride != 0 || tx / stride >= ow) continue;"
+               "    sum += cols[((ch * kh + ky) * kw + kx) * m + (image * oh + ty / stride) * ow + tx / stride];"
+               "  }"
+               "}"
+               "dx = sum;"),
 }
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     """In place: v = m v + (g + wd p); p -= lr (g + wd p + m v) if Nesterov else lr v (PyTorch's SGD)."""
-    kernel = _kernel("sgd")
-    if kernel is not None:
-        kernel(grad, lr, momentum, weight_decay, bool(nesterov), param, velocity)
+    compiled = kernel("sgd")
+    if compiled is not None:
+        compiled(grad, lr, momentum, weight_decay, bool(nesterov), param, velocity)
         return
     g = grad + weight_decay * param if weight_decay else grad
     velocity *= momentum
@@ -59,18 +87,18 @@ def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
 
 def bn_normalise(x, mean, inv_std, gamma, beta):
     """x_hat = (x - mean) / std and y = gamma x_hat + beta, broadcasting per channel -> (x_hat, y)."""
-    kernel = _kernel("bn_forward")
-    if kernel is not None:
-        return kernel(x, mean, inv_std, gamma, beta)
+    compiled = kernel("bn_forward")
+    if compiled is not None:
+        return compiled(x, mean, inv_std, gamma, beta)
     x_hat = (x - mean) * inv_std
     return x_hat, gamma * x_hat + beta
 
 
 def running_update(running, value, momentum, factor=1.0):
     """In place: running = (1 - momentum) running + momentum value factor (BN's running statistics)."""
-    kernel = _kernel("running_update")
-    if kernel is not None:
-        kernel(value, momentum, factor, running)
+    compiled = kernel("running_update")
+    if compiled is not None:
+        compiled(value, momentum, factor, running)
         return
     running *= 1 - momentum
     running += momentum * value * factor
@@ -78,25 +106,25 @@ def running_update(running, value, momentum, factor=1.0):
 
 def inverse_std(var, eps):
     """1 / sqrt(var + eps)."""
-    kernel = _kernel("inv_std")
-    if kernel is not None:
-        return kernel(var, eps)
+    compiled = kernel("inv_std")
+    if compiled is not None:
+        return compiled(var, eps)
     return 1 / B.xp.sqrt(var + eps)
 
 
 def bn_input_grad(dout, x_hat, scale, dbeta_mean, dgamma_mean):
     """dx = scale (dout - mean(dout) - x_hat mean(dout x_hat)), the per-channel means given."""
-    kernel = _kernel("bn_backward")
-    if kernel is not None:
-        return kernel(dout, x_hat, scale, dbeta_mean, dgamma_mean)
+    compiled = kernel("bn_backward")
+    if compiled is not None:
+        return compiled(dout, x_hat, scale, dbeta_mean, dgamma_mean)
     return scale * (dout - dbeta_mean - x_hat * dgamma_mean)
 
 
 def normalise(images, mean, std):
     """uint8 images -> float32 (x / 255 - mean) / std, per channel (mean, std broadcast)."""
-    kernel = _kernel("normalise")
-    if kernel is not None:
-        return kernel(images, mean, std)
+    compiled = kernel("normalise")
+    if compiled is not None:
+        return compiled(images, mean, std)
     return (images.astype(mean.dtype) / mean.dtype.type(255) - mean) / std
 
 
@@ -107,15 +135,15 @@ def relu(x):
 
 def relu_backward(dout, y):
     """dout where the ReLU's output y > 0, else 0."""
-    kernel = _kernel("relu_backward")
-    if kernel is not None:
-        return kernel(dout, y)
+    compiled = kernel("relu_backward")
+    if compiled is not None:
+        return compiled(dout, y)
     return dout * (y > 0)
 
 
 def add_relu(a, b):
     """max(a + b, 0): the end of a residual block, one kernel on a GPU."""
-    kernel = _kernel("add_relu")
-    if kernel is not None:
-        return kernel(a, b)
+    compiled = kernel("add_relu")
+    if compiled is not None:
+        return compiled(a, b)
     return B.xp.maximum(a + b, 0)

@@ -5,6 +5,7 @@ column per output pixel, (C*KH*KW, N*OH*OW), so that a weight matrix (O, C*KH*KW
 CSR, multiplies them directly with no transpose (PERF-NOTES: CSR times a feature-major operand).
 """
 from tinyitop import backend as B
+from tinyitop import fused
 
 
 def output_size(size, kernel, stride, padding):
@@ -25,6 +26,12 @@ def im2col(x, kernel_h, kernel_w, stride=1, padding=0):
     n, c, h, w = x.shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
+    kernel = fused.kernel("im2col")
+    if kernel is not None:      # CuPy: one kernel (tinyitop/fused.py) instead of the 1 + KH*KW copies below
+        source = xp.ascontiguousarray(x.transpose(1, 0, 2, 3))                        # (C, N, H, W), free if
+        cols = xp.empty((c * kernel_h * kernel_w, n * out_h * out_w), dtype=x.dtype)  # x is channel-major
+        kernel(source, n, h, w, kernel_h, kernel_w, out_h, out_w, stride, padding, cols)
+        return cols                                                                   # (C*KH*KW, N*OH*OW)
     padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)        # (C, N, H+2p, W+2p)
     padded[:, :, padding:padding + h, padding:padding + w] = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
     cols = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
@@ -46,6 +53,11 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
     n, c, h, w = x_shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
+    kernel = fused.kernel("col2im")
+    if kernel is not None:      # CuPy: one kernel (tinyitop/fused.py) instead of the KH*KW adds below
+        dx = xp.empty((c, n, h, w), dtype=cols.dtype)                                 # (C, N, H, W)
+        kernel(xp.ascontiguousarray(cols), n, h, w, kernel_h, kernel_w, out_h, out_w, stride, padding, dx)
+        return dx.transpose(1, 0, 2, 3)                                               # (N, C, H, W) view
     cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
     padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
     for ky in range(kernel_h):
