@@ -48,6 +48,21 @@ else:
     VERSION = None
 
 _TRANSFER_IN = {"asarray", "array"}
+
+# How many kernels CuPy would launch for what the stand-in saw (benchmarks/bench_launches.py reads
+# it): every operation that writes a new or given array counts one; a view (a basic slice, a
+# reshape, a transpose: the result's memory is an operand's) counts none, as it launches nothing.
+LAUNCHES = {"count": 0, "paused": 0}
+_NO_KERNEL = {"empty", "empty_like"}     # allocation only
+
+
+def _counted(result, operands=()):
+    if not LAUNCHES["paused"]:
+        raw = result[0] if isinstance(result, tuple) and result else result
+        bases = [o for o in operands if isinstance(o, np.ndarray)]
+        is_view = isinstance(raw, np.ndarray) and any(np.may_share_memory(raw, b) for b in bases)
+        LAUNCHES["count"] += 0 if is_view else 1
+    return result
 _NO_KIND = {"sort", "argsort"}     # cupy.sort(a, axis=-1, kind=None): None or "stable", else it raises
 
 
@@ -92,7 +107,7 @@ class DeviceArray(NDArrayOperatorsMixin):
         if ufunc.__name__ not in MODULE_NAMES:
             raise TypeError(f"CuPy has no ufunc {ufunc.__name__!r}")
         out = kwargs.get("out")
-        result = getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs))
+        result = _counted(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _wrap(result)
@@ -100,13 +115,15 @@ class DeviceArray(NDArrayOperatorsMixin):
     def __array_function__(self, func, types_, args, kwargs):
         if func.__name__ not in MODULE_NAMES:     # CuPy dispatches only to functions it has
             raise TypeError(f"numpy.{func.__name__} on a device array: CuPy has no {func.__name__!r}")
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        raw = _unwrap(args)
+        return _wrap(_counted(func(*raw, **_unwrap(kwargs)), () if "out" in kwargs else raw))
 
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key)])
+        return _wrap(_counted(self._a[_unwrap(key)], [self._a]))
 
     def __setitem__(self, key, value):
         self._a[_unwrap(key)] = _unwrap(value)
+        _counted(None)
 
     def __getattr__(self, name):
         if name.startswith("__"):   # hide __array_interface__ & co., or NumPy would read the data
@@ -115,10 +132,10 @@ class DeviceArray(NDArrayOperatorsMixin):
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
         attr = getattr(self._a, name)
         if callable(attr):
-            if name in _NO_KIND:
-                return _without_kind(name, lambda *args, **kwargs: _wrap(attr(*_unwrap(args), **_unwrap(kwargs))))
-            return lambda *args, **kwargs: _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
-        return _wrap(attr)
+            def method(*args, **kwargs):
+                return _wrap(_counted(attr(*_unwrap(args), **_unwrap(kwargs)), [self._a]))
+            return _without_kind(name, method) if name in _NO_KIND else method
+        return _wrap(_counted(attr, [self._a]) if isinstance(attr, np.ndarray) else attr)   # .T: a view
 
     def __len__(self):
         return len(self._a)
@@ -158,8 +175,11 @@ def _module_function(name, func):
     def call(*args, **kwargs):
         if name in _TRANSFER_IN:    # host -> device is explicit and allowed
             args = tuple(a._a if isinstance(a, DeviceArray) else a for a in args)
-            return DeviceArray(np.array(func(*args, **_unwrap(kwargs))))
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+            return DeviceArray(_counted(np.array(func(*args, **_unwrap(kwargs)))))
+        raw = _unwrap(args)
+        if name in _NO_KERNEL:
+            return _wrap(func(*raw, **_unwrap(kwargs)))
+        return _wrap(_counted(func(*raw, **_unwrap(kwargs)), () if "out" in kwargs else raw))
     return _without_kind(name, call) if name in _NO_KIND else call
 
 
@@ -241,7 +261,7 @@ class _Compressed:
     def __matmul__(self, other):
         if not isinstance(other, DeviceArray):
             raise TypeError("sparse @ " + type(other).__name__ + ": operand must be a device array")
-        return DeviceArray(np.asarray(self._m @ other._a))
+        return DeviceArray(_counted(np.asarray(self._m @ other._a)))
 
     def dot(self, other):
         return self @ other

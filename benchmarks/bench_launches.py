@@ -1,0 +1,115 @@
+"""GPU kernel launches per training step, counted on a CPU with the CuPy stand-in (tests/fake_cupy.py).
+
+On a GPU each small array operation costs ~12.5 us of launch overhead from Python (GPU-NOTES), so
+the number of launches per step bounds a small network's step time from below. The stand-in sees
+every array operation the CuPy path does: it counts one launch for each that writes an array (views
+and allocations count none), and each `tinyitop.fused` function, and im2col/col2im where fused.py
+has their kernels, as the one kernel it is on CuPy (on the stand-in the plain expression runs). Counted: forward, loss, backward and optimizer step of the 3rd step (no
+topology update), batch 8; the batch pipeline is not included. Needs `pip install cupy-cuda12x`.
+
+    python benchmarks/bench_launches.py                      # this tree
+    python benchmarks/bench_launches.py --before OLD_TREE    # and another checkout, side by side
+(e.g. OLD_TREE from `mkdir -p /tmp/old && git archive 3ebd7da tinyitop | tar -x -C /tmp/old`)
+"""
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKLOADS = (("paper MLP, SET 0.95", "mlp", 0.95), ("paper MLP, dense", "mlp", 0.0),
+             ("ResNet-18, 0.95 ERK", "resnet18", 0.95), ("ResNet-18, dense", "resnet18", 0.0),
+             ("VGG-16, 0.95 ERK", "vgg16", 0.95))
+BATCH = 8
+
+
+def count_one_tree(tree):
+    """{workload: launches in one training step} for the tinyitop package found in `tree`."""
+    sys.path[:0] = [tree, os.path.join(ROOT, "tests")]
+    import numpy as np
+    import fake_cupy
+    from tinyitop import backend as B
+    from tinyitop.losses import SoftmaxCrossEntropy
+    from tinyitop.models import mlp, resnet18, sparsify, vgg16
+    from tinyitop.optim import SGD
+    if not fake_cupy.AVAILABLE:
+        raise SystemExit("error: the stand-in checks names against CuPy: pip install cupy-cuda12x (no GPU needed)")
+    try:
+        from tinyitop import fused
+    except ImportError:                       # a tree from before tinyitop/fused.py
+        fused = None
+    if fused is not None:                     # each fused function is one kernel on CuPy
+        for name in [n for n in dir(fused) if not n.startswith("_") and n != "kernel"]:
+            function = getattr(fused, name)
+            if callable(function) and getattr(function, "__module__", "") == fused.__name__:
+                setattr(fused, name, _one_launch(function, fake_cupy.LAUNCHES))
+        if "im2col" in getattr(fused, "_CUDA", {}):    # and im2col / col2im, where they have kernels
+            import tinyitop.layers as layers
+            for name in ("im2col", "col2im"):
+                setattr(layers, name, _one_launch(getattr(layers, name), fake_cupy.LAUNCHES))
+    B.use_modules("cupy", fake_cupy.xp, fake_cupy.sparse)
+    counts = {}
+    for label, name, sparsity in WORKLOADS:
+        B.seed(0)
+        if name == "mlp":
+            model, shape = mlp(3072, (1024, 512), 10, sparsity=sparsity or None), (BATCH, 3072)
+        else:
+            model, shape = {"resnet18": resnet18, "vgg16": vgg16}[name](10), (BATCH, 3, 32, 32)
+            if sparsity:
+                sparsify(model, sparsity, "erk")
+        optimizer, loss_fn = SGD(model.named_parameters(), lr=0.01), SoftmaxCrossEntropy()
+        rng = np.random.default_rng(0)
+        x = B.to_device(rng.standard_normal(shape), dtype="float32")
+        y = B.to_device(rng.integers(0, 10, BATCH))
+        for step in range(3):
+            fake_cupy.LAUNCHES["count"] = 0
+            loss_fn.forward(model.forward(x), y)
+            model.backward(loss_fn.backward())
+            optimizer.step()
+        counts[label] = fake_cupy.LAUNCHES["count"]
+    return counts
+
+
+def _one_launch(function, launches):
+    @functools.wraps(function)
+    def counted(*args, **kwargs):
+        launches["paused"] += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            launches["paused"] -= 1
+            if not launches["paused"]:
+                launches["count"] += 1
+    return counted
+
+
+def _counts_in_subprocess(tree):
+    result = subprocess.run([sys.executable, __file__, "--one", tree], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(result.stderr.strip().splitlines()[-1])
+    return json.loads(result.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", help="another checkout's root (holding tinyitop/) to count side by side")
+    parser.add_argument("--one", help=argparse.SUPPRESS)        # internal: count one tree, print JSON
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(count_one_tree(args.one)))
+        return
+    now = _counts_in_subprocess(ROOT)
+    before = _counts_in_subprocess(os.path.abspath(args.before)) if args.before else None
+    print(f"kernel launches per training step (CuPy stand-in, batch {BATCH})")
+    print(f"{'workload':22s} {'before':>8s} {'now':>8s} {'now/before':>11s}" if before else f"{'workload':22s} {'now':>8s}")
+    for label, *_ in WORKLOADS:
+        if before:
+            print(f"{label:22s} {before[label]:8d} {now[label]:8d} {now[label] / before[label]:11.2f}")
+        else:
+            print(f"{label:22s} {now[label]:8d}")
+
+
+if __name__ == "__main__":
+    main()
