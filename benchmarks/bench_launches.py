@@ -3,16 +3,17 @@
 On a GPU each small array operation costs ~12.5 us of launch overhead from Python (GPU-NOTES), so
 the number of launches per step bounds a small network's step time from below. The stand-in sees
 every array operation the CuPy path does: it counts one launch for each that writes an array (views
-and allocations count none), and each `tinyitop.fused` function, and im2col/col2im where fused.py
-has their kernels, as the one kernel it is on CuPy (on the stand-in the plain expression runs). Counted: forward, loss, backward and optimizer step of the 3rd step (no
-topology update), batch 8; the batch pipeline is not included. Needs `pip install cupy-cuda12x`.
+and allocations count none). It cannot compile CUDA, so here `tinyitop.fused.kernel` hands out a
+stand-in for each compiled kernel that counts one launch and returns outputs of the right shape
+(zeros: launches are counted, not results), so the step takes the CuPy path exactly. Counted:
+forward, loss, backward and optimizer step of the 3rd step (no topology update), batch 8; the batch
+pipeline is not included. Needs `pip install cupy-cuda12x`.
 
     python benchmarks/bench_launches.py                      # this tree
     python benchmarks/bench_launches.py --before OLD_TREE    # and another checkout, side by side
 (e.g. OLD_TREE from `mkdir -p /tmp/old && git archive 3ebd7da tinyitop | tar -x -C /tmp/old`)
 """
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -40,16 +41,11 @@ def count_one_tree(tree):
         from tinyitop import fused
     except ImportError:                       # a tree from before tinyitop/fused.py
         fused = None
-    if fused is not None:                     # each fused function is one kernel on CuPy
-        for name in [n for n in dir(fused) if not n.startswith("_") and n != "kernel"]:
-            function = getattr(fused, name)
-            if callable(function) and getattr(function, "__module__", "") == fused.__name__:
-                setattr(fused, name, _one_launch(function, fake_cupy.LAUNCHES))
-        if "im2col" in getattr(fused, "_CUDA", {}):    # and im2col / col2im, where they have kernels
-            import tinyitop.layers as layers
-            for name in ("im2col", "col2im"):
-                setattr(layers, name, _one_launch(getattr(layers, name), fake_cupy.LAUNCHES))
+    if fused is not None:                     # each compiled kernel: one launch
+        name = "kernel" if hasattr(fused, "kernel") else "_kernel"      # its name before this tree
+        setattr(fused, name, lambda kernel: _CountingKernel(fused._CUDA[kernel], fake_cupy))
     B.use_modules("cupy", fake_cupy.xp, fake_cupy.sparse)
+    np.seterr(all="ignore")                   # the counting kernels' zeros make infs and NaNs downstream
     counts = {}
     for label, name, sparsity in WORKLOADS:
         B.seed(0)
@@ -72,17 +68,33 @@ def count_one_tree(tree):
     return counts
 
 
-def _one_launch(function, launches):
-    @functools.wraps(function)
-    def counted(*args, **kwargs):
-        launches["paused"] += 1
-        try:
-            return function(*args, **kwargs)
-        finally:
-            launches["paused"] -= 1
-            if not launches["paused"]:
-                launches["count"] += 1
-    return counted
+class _CountingKernel:
+    """Stands in for a compiled `cupy.ElementwiseKernel` (inputs, outputs, body): one launch per call.
+
+    Returns the outputs it was given, or new zero arrays shaped as CuPy would make them: the broadcast
+    shape of the non-raw array inputs, the dtype of the first input of the output's type.
+    """
+
+    def __init__(self, definition, fake_cupy):
+        inputs, outputs, _ = definition
+        self.inputs = [part.split() for part in inputs.split(",")]
+        self.outputs = [part.split() for part in outputs.split(",")]
+        self.fake_cupy = fake_cupy
+
+    def __call__(self, *args):
+        import numpy as np
+        launches = self.fake_cupy.LAUNCHES
+        if not launches["paused"]:
+            launches["count"] += 1
+        given = list(args[len(self.inputs):])
+        if not given:
+            arrays = [(words[-2], a) for words, a in zip(self.inputs, args)
+                      if words[0] != "raw" and hasattr(a, "shape")]
+            shape = np.broadcast_shapes(*[a.shape for _, a in arrays])
+            for words in self.outputs:
+                dtype = next((a.dtype for kind, a in arrays if kind == words[-2]), np.float32)
+                given.append(self.fake_cupy.DeviceArray(np.zeros(shape, dtype=dtype)))
+        return given[0] if len(given) == 1 else tuple(given)
 
 
 def _counts_in_subprocess(tree):

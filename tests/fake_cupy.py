@@ -11,7 +11,9 @@ name CuPy lacks fails here as it would on a GPU:
   has only its cupyx class's methods; CSR values must be bool/float/complex, as cupyx requires;
 - `sort`/`argsort` take `kind` None or "stable" only (CuPy's sorts are stable; any other kind raises), and `numpy.asarray(device_array)` raises
   TypeError, as does mixing a host `numpy.ndarray` into device math; the only ways across are
-  `xp.asarray(host)` and `xp.asnumpy(dev)` / `.get()`.
+  `xp.asarray(host)` and `xp.asnumpy(dev)` / `.get()`;
+- elementwise results are C-contiguous whatever the inputs' layout, as CuPy's are (NumPy keeps
+  the inputs' layout), so a layout the CuPy path would lose is lost here too.
 Without CuPy installed, AVAILABLE is False and the tests that use the stand-in skip.
 """
 import types
@@ -107,6 +109,8 @@ class DeviceArray(NDArrayOperatorsMixin):
         if ufunc.__name__ not in MODULE_NAMES:
             raise TypeError(f"CuPy has no ufunc {ufunc.__name__!r}")
         out = kwargs.get("out")
+        if method == "__call__" and out is None:
+            kwargs = {**kwargs, "order": "C"}       # CuPy's elementwise results are C-contiguous
         result = _counted(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
         if out is not None:
             return out[0] if len(out) == 1 else out
@@ -177,6 +181,8 @@ def _module_function(name, func):
             args = tuple(a._a if isinstance(a, DeviceArray) else a for a in args)
             return DeviceArray(_counted(np.array(func(*args, **_unwrap(kwargs)))))
         raw = _unwrap(args)
+        if isinstance(func, np.ufunc) and "out" not in kwargs:
+            kwargs = {**kwargs, "order": "C"}       # as in DeviceArray.__array_ufunc__
         if name in _NO_KERNEL:
             return _wrap(func(*raw, **_unwrap(kwargs)))
         return _wrap(_counted(func(*raw, **_unwrap(kwargs)), () if "out" in kwargs else raw))

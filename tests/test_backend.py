@@ -140,3 +140,24 @@ def test_bad_backend_name_is_one_line_even_for_help():
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == ("error: unknown backend 'bogus': TINYITOP_BACKEND must be one of numpy, cupy "
                                      "(or unset to use CuPy when a GPU works, else NumPy)")
+
+
+def test_activations_stay_in_the_layout_the_next_product_wants():
+    """Conv -> BN -> ReLU keeps the conv's channel-major memory (fused.like), so the next conv's
+    im2col reads (C, N, H, W) and the backward's (O, N*OH*OW) without a transpose copy; a linear
+    layer's (out, N) memory likewise reaches the next linear layer as its contiguous (in, N).
+    On NumPy here; on CuPy the fused kernels do it (tests/test_gpu.py, on a GPU). The stand-in runs
+    the plain expressions, whose results CuPy would make C-contiguous, so it is not checked there."""
+    from tinyitop.layers import BatchNorm2d, Conv2d, ReLU
+    from tinyitop.sparse import SparseLinear
+    rng = np.random.default_rng(0)
+    x = B.to_device(rng.standard_normal((2, 3, 6, 6)), dtype="float32")
+    conv, bn, relu = Conv2d(3, 4, 3, padding=1), BatchNorm2d(4), ReLU()
+    y = relu.forward(bn.forward(conv.forward(x)))
+    assert y.transpose(1, 0, 2, 3).flags.c_contiguous                  # (C, N, H, W) memory
+    dout = B.to_device(rng.standard_normal(y.shape), dtype="float32").transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)
+    assert bn.backward(relu.backward(dout)).transpose(1, 0, 2, 3).flags.c_contiguous
+    fc1, fc2 = SparseLinear(5, 4, density=0.5), SparseLinear(4, 3, density=0.5)
+    h = relu.forward(fc1.forward(B.to_device(rng.standard_normal((6, 5)), dtype="float32")))
+    assert h.T.flags.c_contiguous                                       # (in, N) for fc2
+    fc2.forward(h)

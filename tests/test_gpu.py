@@ -58,7 +58,7 @@ def test_fused_kernels_equal_their_plain_expressions_on_gpu():
     x, mean, inv, gamma, beta = dev(4, 3, 5, 5), dev(1, 3, 1, 1), abs(dev(1, 3, 1, 1)), dev(1, 3, 1, 1), dev(1, 3, 1, 1)
     for got, want in zip(fused.bn_normalise(x, mean, inv, gamma, beta), _plain(fused.bn_normalise, x, mean, inv, gamma, beta)):
         np.testing.assert_allclose(B.to_host(got), B.to_host(want), rtol=1e-5, atol=1e-6)
-    args = (dev(4, 3, 5, 5), x, gamma, mean, beta)
+    args = (dev(4, 3, 5, 5), x, gamma, inv, mean, beta, 100)
     np.testing.assert_allclose(B.to_host(fused.bn_input_grad(*args)), B.to_host(_plain(fused.bn_input_grad, *args)),
                                rtol=1e-5, atol=1e-6)
     r1, r2, value = dev(3), None, dev(3)
@@ -121,3 +121,32 @@ def test_im2col_kernels_equal_the_slice_loops_on_gpu(kh, kw, stride, padding):
     dcols = B.to_device(rng.standard_normal(cols.shape), dtype="float32")
     np.testing.assert_array_equal(B.to_host(col2im(dcols, x.shape, kh, kw, stride, padding)),
                                   B.to_host(_plain(col2im, dcols, x.shape, kh, kw, stride, padding)))
+
+
+def test_cross_entropy_kernels_equal_the_plain_expressions_on_gpu():
+    _cupy_or_skip()
+    rng = np.random.default_rng(5)
+    for n, k in ((128, 10), (64, 100)):
+        logits = B.to_device(rng.standard_normal((n, k)) * 5, dtype="float32")
+        labels = B.to_device(rng.integers(0, k, n))
+        fused_loss, plain_loss = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+        got = fused_loss.forward(logits, labels)
+        want = _plain(plain_loss.forward, logits, labels)
+        np.testing.assert_allclose(B.to_host(got), B.to_host(want), rtol=1e-5)
+        np.testing.assert_allclose(B.to_host(fused_loss.probs), B.to_host(plain_loss.probs), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(B.to_host(fused_loss.backward()), B.to_host(_plain(plain_loss.backward)),
+                                   rtol=1e-5, atol=1e-8)
+
+
+def test_fused_outputs_keep_the_input_layout_on_gpu():
+    """A conv's output is channel-major memory seen as NCHW: BN, ReLU and the residual add write
+    into arrays laid out the same way (fused.like), so the next conv's transposes stay views."""
+    _cupy_or_skip()
+    import tinyitop.fused as fused
+    rng = np.random.default_rng(6)
+    x = B.to_device(rng.standard_normal((3, 4, 5, 5)), dtype="float32").transpose(1, 0, 2, 3)  # (N, C, H, W) view
+    channel = B.to_device(rng.standard_normal((1, 4, 1, 1)), dtype="float32")
+    outputs = [fused.relu(x), fused.add_relu(x, x), fused.relu_backward(x, x), *fused.bn_normalise(
+        x, channel, abs(channel), channel, channel), fused.bn_input_grad(x, x, channel, channel, channel, channel, 75)]
+    for out in outputs:
+        assert out.strides == x.strides and out.transpose(1, 0, 2, 3).flags.c_contiguous

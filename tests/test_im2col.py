@@ -41,54 +41,20 @@ def test_col2im_is_the_adjoint(host_rng, kh, kw, stride, padding):
 
 
 # ---- The CuPy kernels' bodies (tinyitop/fused.py), checked without a GPU --------------------------
-# An ElementwiseKernel body is C: `i` runs over the output, `raw` inputs are flat pointers, the output
-# name is the element i. Compiled by the host C compiler inside that loop, the im2col/col2im bodies
-# must give exactly what the NumPy slice loops give (same additions in the same order).
-C_TYPES = {"T": "T", "int32": "int"}
-
-
-def _compile_body(name, tmp_path):
-    import ctypes
-    import shutil
-    import subprocess
-    from tinyitop.fused import _CUDA
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler to run the CUDA bodies on the CPU")
-    inputs, output, body = _CUDA[name]
-    params = []
-    for part in inputs.split(","):
-        words = part.split()
-        params.append(f"const T* {words[-1]}" if words[0] == "raw" else f"{C_TYPES[words[0]]} {words[-1]}")
-    out_name = output.split()[-1]
-    source = (f"#include <stddef.h>\ntypedef double T;\n"
-              f"void run({', '.join(params)}, T* out, ptrdiff_t size) {{\n"
-              f"  for (ptrdiff_t i = 0; i < size; ++i) {{\n#define {out_name} out[i]\n{body}\n#undef {out_name}\n  }}\n}}\n")
-    (tmp_path / f"{name}.c").write_text(source)
-    library = tmp_path / f"{name}.so"
-    subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(library),
-                    str(tmp_path / f"{name}.c")], check=True, capture_output=True)
-    function = ctypes.CDLL(str(library)).run
-    pointer = ctypes.POINTER(ctypes.c_double)
-    function.argtypes = [pointer] + [ctypes.c_int] * 9 + [pointer, ctypes.c_ssize_t]
-
-    def call(raw, out, *ints):
-        raw, out = np.ascontiguousarray(raw, dtype=np.float64), out
-        function(raw.ctypes.data_as(pointer), *ints, out.ctypes.data_as(pointer), out.size)
-        return out
-    return call
-
-
+# Compiled by the host C compiler inside the loop an ElementwiseKernel runs (tests/cuda_on_cpu.py),
+# the im2col/col2im bodies must give exactly what the NumPy slice loops give (same additions in the
+# same order).
 @pytest.mark.parametrize("kh,kw,stride,padding", CASES)
 def test_cuda_bodies_of_im2col_and_col2im_equal_the_slice_loops(host_rng, tmp_path, kh, kw, stride, padding):
-    im2col_body, col2im_body = _compile_body("im2col", tmp_path), _compile_body("col2im", tmp_path)
+    from cuda_on_cpu import compile_body
+    im2col_body, col2im_body = compile_body("im2col", tmp_path), compile_body("col2im", tmp_path)
     n, c, h, w = 2, 3, 7, 6
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     x = host_rng.standard_normal((n, c, h, w))
     cols = np.empty((c * kh * kw, n * oh * ow))
-    im2col_body(x.transpose(1, 0, 2, 3), cols, n, h, w, kh, kw, oh, ow, stride, padding)   # x as (C, N, H, W)
+    im2col_body(x.transpose(1, 0, 2, 3), n, h, w, kh, kw, oh, ow, stride, padding, cols)   # x as (C, N, H, W)
     np.testing.assert_array_equal(cols, im2col(x, kh, kw, stride, padding))
     dcols = host_rng.standard_normal(cols.shape)                                           # a random upstream
     dx = np.empty((c, n, h, w))
-    col2im_body(dcols, dx, n, h, w, kh, kw, oh, ow, stride, padding)
+    col2im_body(dcols, n, h, w, kh, kw, oh, ow, stride, padding, dx)
     np.testing.assert_array_equal(dx.transpose(1, 0, 2, 3), col2im(dcols, x.shape, kh, kw, stride, padding))

@@ -118,3 +118,22 @@ def test_whole_model_through_the_loss(host_rng, which):
     for name, p in model.named_parameters():
         entries, numeric = numeric_gradient(loss, p.data, max_entries=12, rng=host_rng)
         assert relative_error(p.grad.reshape(-1)[entries], numeric) < 1e-5, name
+
+
+def test_cuda_bodies_of_the_cross_entropy_equal_its_expressions(host_rng, tmp_path):
+    """The CuPy kernels of tinyitop/losses.py (tinyitop/fused.py), run on the CPU (tests/cuda_on_cpu.py)."""
+    from cuda_on_cpu import compile_body
+    forward, backward = compile_body("softmax_xent", tmp_path), compile_body("softmax_xent_grad", tmp_path)
+    loss_fn = SoftmaxCrossEntropy()
+    for n, k, scale in ((7, 10, 1.0), (3, 100, 30.0), (2, 2, 1000.0)):    # up to huge logits
+        logits = host_rng.standard_normal((n, k)) * scale
+        labels = host_rng.integers(0, k, n)
+        loss = loss_fn.forward(logits, labels)
+        probs, row_losses = np.empty((n, k)), np.empty(n)
+        forward(logits, labels, k, probs, row_losses)
+        np.testing.assert_allclose(probs, loss_fn.probs, rtol=1e-12, atol=1e-300)
+        assert np.isclose(row_losses.mean(), float(loss), rtol=1e-12)
+        dlogits = np.empty((n, k))
+        backward(probs, labels, k, n, dlogits)
+        np.testing.assert_array_equal(dlogits, (probs - np.eye(k)[labels]) / n)
+        np.testing.assert_allclose(dlogits, loss_fn.backward(), rtol=1e-12, atol=1e-300)

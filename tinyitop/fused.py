@@ -34,8 +34,8 @@ _CUDA = {
             "param -= lr * (nesterov ? g + momentum * velocity : velocity);"),
     "bn_forward": ("T x, T mean, T inv_std, T gamma, T beta", "T x_hat, T y",
                    "x_hat = (x - mean) * inv_std; y = gamma * x_hat + beta;"),
-    "bn_backward": ("T dout, T x_hat, T scale, T dbeta_mean, T dgamma_mean", "T dx",
-                    "dx = scale * (dout - dbeta_mean - x_hat * dgamma_mean);"),
+    "bn_backward": ("T dout, T x_hat, T gamma, T inv_std, T dbeta_sum, T dgamma_sum, T count", "T dx",
+                    "dx = gamma * inv_std * (dout - dbeta_sum / count - x_hat * (dgamma_sum / count));"),
     "running_update": ("T value, T momentum, T factor", "T running",
                        "running = ((T)1 - momentum) * running + momentum * value * factor;"),
     "inv_std": ("T var, T eps", "T inv_std", "inv_std = (T)1 / sqrt(var + eps);"),
@@ -70,7 +70,34 @@ _CUDA = {
                "  }"
                "}"
                "dx = sum;"),
+    # Softmax cross-entropy (tinyitop/losses.py, which calls these beside the expressions they
+    # replace): the forward is one thread per sample looping over its K logits (K is 10-100 here, so
+    # this beats the ~10 launches of the plain expression), in the plain expression's steps; the
+    # backward one thread per logit. logits and probs (N, K) C-contiguous, labels (N,).
+    "softmax_xent": ("raw T logits, raw I labels, int32 k", "raw T probs, T loss",
+                     "const ptrdiff_t row = (ptrdiff_t)i * k;"
+                     "T top = logits[row];"
+                     "for (int j = 1; j < k; ++j) top = logits[row + j] > top ? logits[row + j] : top;"
+                     "T total = 0;"
+                     "for (int j = 0; j < k; ++j) total += exp(logits[row + j] - top);"
+                     "const T log_norm = log(total);"
+                     "for (int j = 0; j < k; ++j) probs[row + j] = exp(logits[row + j] - top - log_norm);"
+                     "loss = log_norm - (logits[row + labels[i]] - top);"),
+    "softmax_xent_grad": ("T probs, raw I labels, int32 k, T n", "T dlogits",
+                          "dlogits = (probs - (labels[i / k] == i % k ? (T)1 : (T)0)) / n;"),
 }
+
+
+def like(x):
+    """An uninitialised array shaped and laid out in memory like x, for a kernel's output.
+
+    CuPy's kernels and ufuncs return C-contiguous arrays (NumPy keeps the input's layout). A conv's
+    output is channel-major memory (O, N, OH, OW) seen as (N, O, OH, OW), the layout the next conv's
+    im2col reads and its weight gradient wants as (O, N*OH*OW); a linear layer's is (out, N) seen as
+    (N, out). Writing BatchNorm, ReLU and the residual add into arrays laid out like their input
+    keeps that layout along the network, so the next layer's transposes are views, not copies.
+    """
+    return B.xp.empty_like(x)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
@@ -89,7 +116,7 @@ def bn_normalise(x, mean, inv_std, gamma, beta):
     """x_hat = (x - mean) / std and y = gamma x_hat + beta, broadcasting per channel -> (x_hat, y)."""
     compiled = kernel("bn_forward")
     if compiled is not None:
-        return compiled(x, mean, inv_std, gamma, beta)
+        return compiled(x, mean, inv_std, gamma, beta, like(x), like(x))
     x_hat = (x - mean) * inv_std
     return x_hat, gamma * x_hat + beta
 
@@ -112,12 +139,13 @@ def inverse_std(var, eps):
     return 1 / B.xp.sqrt(var + eps)
 
 
-def bn_input_grad(dout, x_hat, scale, dbeta_mean, dgamma_mean):
-    """dx = scale (dout - mean(dout) - x_hat mean(dout x_hat)), the per-channel means given."""
+def bn_input_grad(dout, x_hat, gamma, inv_std, dbeta_sum, dgamma_sum, count):
+    """dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), from the per-channel sums of dout
+    and dout x_hat over `count` values (one kernel for the scale, the two means and dx on a GPU)."""
     compiled = kernel("bn_backward")
     if compiled is not None:
-        return compiled(dout, x_hat, scale, dbeta_mean, dgamma_mean)
-    return scale * (dout - dbeta_mean - x_hat * dgamma_mean)
+        return compiled(dout, x_hat, gamma, inv_std, dbeta_sum, dgamma_sum, count, like(dout))
+    return gamma * inv_std * (dout - dbeta_sum / count - x_hat * (dgamma_sum / count))
 
 
 def normalise(images, mean, std):
@@ -129,15 +157,15 @@ def normalise(images, mean, std):
 
 
 def relu(x):
-    """max(x, 0): one kernel on both backends."""
-    return B.xp.maximum(x, 0)
+    """max(x, 0): one kernel on both backends, laid out like x."""
+    return B.xp.maximum(x, 0, out=like(x))
 
 
 def relu_backward(dout, y):
     """dout where the ReLU's output y > 0, else 0."""
     compiled = kernel("relu_backward")
     if compiled is not None:
-        return compiled(dout, y)
+        return compiled(dout, y, like(dout))
     return dout * (y > 0)
 
 
@@ -145,5 +173,5 @@ def add_relu(a, b):
     """max(a + b, 0): the end of a residual block, one kernel on a GPU."""
     compiled = kernel("add_relu")
     if compiled is not None:
-        return compiled(a, b)
+        return compiled(a, b, like(a))
     return B.xp.maximum(a + b, 0)

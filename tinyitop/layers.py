@@ -263,14 +263,14 @@ class _BatchNorm(Module):
         axes = self.axes
         self.bias.grad = dout.sum(axis=axes)                         # (C,)
         self.weight.grad = (dout * self.x_hat).sum(axis=axes)        # (C,)
-        scale = self._shape(self.weight.data) * self.inv_std         # gamma / std
+        gamma = self._shape(self.weight.data)
         if not self.training:                                        # statistics are constants
-            return dout * scale
+            return dout * (gamma * self.inv_std)
         # Mean and variance depend on x too: the two mean terms are their gradients,
         # dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), the means being the two sums / count.
         count = dout.size // self.num_features
-        return fused.bn_input_grad(dout, self.x_hat, scale, self._shape(self.bias.grad) / count,
-                                   self._shape(self.weight.grad) / count)
+        return fused.bn_input_grad(dout, self.x_hat, gamma, self.inv_std, self._shape(self.bias.grad),
+                                   self._shape(self.weight.grad), count)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -1,5 +1,6 @@
 """Softmax cross-entropy, numerically stable, mean over the batch."""
 from tinyitop import backend as B
+from tinyitop import fused
 
 
 class SoftmaxCrossEntropy:
@@ -11,17 +12,25 @@ class SoftmaxCrossEntropy:
         if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
             raise ValueError(f"cross-entropy expects logits (N, K) and labels (N,), got "
                              f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-        n = logits.shape[0]
+        n, k = logits.shape
+        self.labels = labels
+        compiled = fused.kernel("softmax_xent")
+        if compiled is not None:    # CuPy: one kernel (tinyitop/fused.py) for the ~10 launches below
+            self.probs = xp.empty((n, k), dtype=logits.dtype)
+            row_losses = xp.empty(n, dtype=logits.dtype)
+            compiled(xp.ascontiguousarray(logits), labels, k, self.probs, row_losses)
+            return row_losses.mean()
         shifted = logits - logits.max(axis=1, keepdims=True)          # largest logit becomes 0
         log_norm = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (N, 1)
         log_probs = shifted - log_norm                                 # (N, K)
         self.probs = xp.exp(log_probs)
-        self.labels = labels
-        rows = xp.arange(n)
-        return -log_probs[rows, labels].mean()
+        return -log_probs[xp.arange(n), labels].mean()
 
     def backward(self):
-        n = self.labels.shape[0]
+        n, k = self.probs.shape
+        compiled = fused.kernel("softmax_xent_grad")
+        if compiled is not None:    # CuPy: one kernel for the copy, scatter-subtract and divide below
+            return compiled(self.probs, self.labels, k, n)
         dlogits = self.probs.copy()
         dlogits[B.xp.arange(n), self.labels] -= 1
         return dlogits / n
