@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from tinyitop import backend as B
-from tinyitop.metrics import read_jsonl
+from tinyitop.metrics import format_rs, read_jsonl
 
 
 def _pyplot():
@@ -40,7 +40,7 @@ def run_title(run_dir):
         return os.path.basename(os.path.normpath(run_dir))
     data = os.path.splitext(os.path.basename(c["dataset"]))[0]
     method = c["method"] + (f" ({c['growth']} growth)" if c.get("growth") else "")
-    sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']}, {c['init']}"
+    sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']:.6g}, {c['init']}"
     exploring = c["method"] in ("set", "rigl", "snip-set", "lth-set", "gmp")
     interval = f", Delta T {c['update_interval']}" if exploring else ""
     hidden = "-".join(str(h) for h in c["hidden"]) if c["model"] == "mlp" else ""
@@ -123,7 +123,7 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     top = max(float(ever.max()), 1e-9)
     for ax, values, label in ((axes[0], now, "active now"), (axes[1], ever, "ever explored")):
         image = ax.imshow(values, cmap="viridis", vmin=0, vmax=top)
-        ax.set_title(f"{layer_name}: {label}\n(mean {values.mean():.3f} of a pixel's {possible} connections)",
+        ax.set_title(f"{layer_name}: {label}\n(mean {format_rs(values.mean())} of a pixel's {possible} connections)",
                      fontsize=10)
         ax.axis("off")
     fig.colorbar(image, cax=colour_axis, label="fraction of the pixel's connections (one scale)")
@@ -134,8 +134,8 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     x = np.arange(len(names))
     bars_active = axes[2].bar(x - 0.2, active, 0.4, label="active (density)")
     bars_explored = axes[2].bar(x + 0.2, explored, 0.4, label="explored (R_s of the layer)")
-    axes[2].bar_label(bars_active, fmt="%.3f", fontsize=7)
-    axes[2].bar_label(bars_explored, fmt="%.3f", fontsize=7)
+    axes[2].bar_label(bars_active, labels=[format_rs(v) for v in active], fontsize=7)   # 4 decimals, or
+    axes[2].bar_label(bars_explored, labels=[format_rs(v) for v in explored], fontsize=7)   # 3 digits if tiny
     axes[2].set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
     top_bar = max(explored + active + [1e-3])
     axes[2].set(ylabel="fraction of the layer's weights", title="Sparse layers: active vs explored",
@@ -173,7 +173,7 @@ def mask_evolution(run_dir, path=None, panels=6):
         picture[update["crop_active"]] = (0.1, 0.1, 0.1)                  # black: active
         picture[update["crop_grown"]] = (1.0, 0.5, 0.0)                   # orange: grown at this update
         ax.imshow(picture.reshape(rows, cols, 3), interpolation="nearest")
-        ax.set_title(f"update at iteration {update['iteration']}\nR_s {update['rs']:.3f}", fontsize=9)
+        ax.set_title(f"update at iteration {update['iteration']}\nR_s {format_rs(update['rs'])}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']} rows 0-{rows - 1}", fontsize=9)
