@@ -9,7 +9,7 @@ import pytest
 
 import fake_cupy
 from tinyitop import backend as B
-from tinyitop.metrics import read_jsonl
+from tinyitop.metrics import TIMING_FIELDS, read_jsonl
 from tinyitop.models import mlp
 from tinyitop.topology import sparse_layers
 from tinyitop.train import Config, train
@@ -185,7 +185,7 @@ def test_set_checkpoint_resume_and_plots_on_the_stand_in(tmp_path, stand_in):
     with pytest.raises(Killed):
         train(_config(tmp_path, "b", epochs=3), log=lambda *_: None, on_epoch_end=crash)
     run = train(_config(tmp_path, "b", epochs=3, resume=True), log=lambda *_: None)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
     assert strip(read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))) == strip(read_jsonl(str(tmp_path / "b" / "metrics.jsonl")))
     assert read_jsonl(str(tmp_path / "a" / "updates.jsonl")) == read_jsonl(str(tmp_path / "b" / "updates.jsonl"))
     assert os.path.exists(plots.training(str(tmp_path / "b")))

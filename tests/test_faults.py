@@ -20,12 +20,11 @@ import pytest
 
 from tinyitop import data
 from tinyitop.cli import main as cli_main
-from tinyitop.metrics import JsonLines, read_jsonl
+from tinyitop.metrics import TIMING_FIELDS, JsonLines, read_jsonl
 from tinyitop.rundir import RunFolder
 from tinyitop.train import Config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")   # differ between runs
 
 
 def _config(tmp_path, name="run", **overrides):
@@ -48,7 +47,7 @@ def _cli(capsys, args):
 
 
 def _strip(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
 
 
 def _python(args, **kwargs):

@@ -9,7 +9,7 @@ import pytest
 
 from tinyitop.cli import main as cli_main
 from tinyitop.data import FASHION_SYSTEM_DIR
-from tinyitop.metrics import read_jsonl
+from tinyitop.metrics import TIMING_FIELDS, read_jsonl
 from tinyitop.train import Config, TrainingDiverged, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(killed, on_epoch_end=crash_after_two)
     assert len(read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))) == 2
     train(_config(tmp_path, out=str(tmp_path / "b"), epochs=4, resume=True))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
     assert strip(read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))) == strip(read_jsonl(str(tmp_path / "b" / "metrics.jsonl")))
     assert read_jsonl(str(tmp_path / "a" / "updates.jsonl")) == read_jsonl(str(tmp_path / "b" / "updates.jsonl"))
 

@@ -64,6 +64,11 @@ def read_jsonl(path):
     return JsonLines(path).read()
 
 
+# Fields of an epoch's row that measure the machine, not the experiment: they differ between two
+# runs of the same settings (a resumed run and an uninterrupted one agree on everything else).
+TIMING_FIELDS = ("seconds", "train_seconds", "samples_per_s", "peak_rss_mb")
+
+
 def peak_rss_mb():
     """Largest resident memory of this process so far, in MB (None where unknown)."""
     if resource is None:
