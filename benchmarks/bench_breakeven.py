@@ -7,8 +7,12 @@ For layer shapes of the paper's networks, times the three products of a sparse l
   dW       gradient at the nonzeros: gather (SDDMM)  vs  dense dY X^T, then take
 and prints, per shape, the density below which the sparse path is faster: the constants
 PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse.py come from this table.
+On a CPU the CSR product's break-even also depends on whether its dense operand (X, or dY for dx:
+max(out, in) x M floats) stays in the last-level cache; `--columns` times one shape at two
+densities near the thresholds as M grows, to show where that step falls:
   python benchmarks/bench_breakeven.py [--batch 128] [--plot breakeven.png]
   python benchmarks/bench_breakeven.py --replot saved_output.txt --plot breakeven.png   # e.g. a GPU run's log
+  python benchmarks/bench_breakeven.py --columns
 """
 import argparse
 import os
@@ -19,8 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_layers import median_ms  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
-from tinyitop.sparse import (GATHER_MAX_DENSITY, PRODUCT_CSR_MAX_DENSITY, random_sparse_weight,  # noqa: E402
-                             sddmm, spmm)
+from tinyitop.sparse import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
+                             random_sparse_weight, sddmm, spmm)
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # (label, out, in, columns per sample): the paper MLP's fc1 and fc2, and ResNet-18's 3x3 convs
@@ -29,6 +33,16 @@ SHAPES = [("MLP fc1 1024x3072", 1024, 3072, 1), ("MLP fc2 512x1024", 512, 1024, 
           ("conv 64x576 @32x32", 64, 576, 1024), ("conv 128x1152 @16x16", 128, 1152, 256),
           ("conv 256x2304 @8x8", 256, 2304, 64), ("conv 512x4608 @4x4", 512, 4608, 16)]
 WIDE = ("wide 10000x10000", 10000, 10000, 1)      # GPU only: its dense twin is 400 MB
+# --columns: ResNet-18's layer4.0.conv1 (M 2048 at batch 128) and VGG-16's features.24 (M 3200) have
+# this shape at 4.2% and 3.2% density (sparsity 0.95, ERK).
+SWEEP_SHAPE, SWEEP_DENSITIES = (512, 2304), (0.032, 0.042)
+SWEEP_COLUMNS = (1024, 1536, 2048, 2560, 3200, 4096, 6144, 8192)
+
+
+def cache_state(n_out, n_in, columns, itemsize=4):
+    """(MiB of the CSR product's dense operand, "in cache" or "beyond cache"), as choose_paths sees it."""
+    operand = max(n_out, n_in) * columns * itemsize
+    return operand / 2 ** 20, "in cache" if operand <= OPERAND_CACHE_BYTES else "beyond cache"
 
 
 def time_products(n_out, n_in, columns, density, repeats):
@@ -63,7 +77,11 @@ def main():
     parser.add_argument("--plot", default=None, help="write the time-vs-density figure here (PNG)")
     parser.add_argument("--shapes", type=int, default=None, help="only the first N shapes (a quick look)")
     parser.add_argument("--replot", default=None, help="draw --plot from this benchmark's saved output instead")
+    parser.add_argument("--columns", action="store_true",
+                        help="one shape at two densities as the column count M grows (the CPU's cache step)")
     args = parser.parse_args()
+    if args.columns:
+        return column_sweep(args.repeats)
     if args.replot:
         title, results = read_table(args.replot)
         backend = "cupy" if title.startswith("backend: cupy") else "numpy"
@@ -73,7 +91,8 @@ def main():
     results = {}
     for label, n_out, n_in, per_sample in shapes:
         columns = per_sample * args.batch
-        print(f"\n{label}, M = {columns} columns")
+        mib, cache = cache_state(n_out, n_in, columns)
+        print(f"\n{label}, M = {columns} columns, dense operand {mib:.1f} MiB ({cache})")
         print(f"{'density':>8s} " + " ".join(f"{k:>13s}" for k in ("fwd csr", "fwd dense", "dx csr", "dx dense",
                                                                       "dW gather", "dW dense+take")))
         rows = []
@@ -88,12 +107,33 @@ def main():
         cut = [crossover(DENSITIES, [r[a] for r in rows], [r[b] for r in rows])
                for a, b in (("fwd csr", "fwd dense"), ("dx csr", "dx dense"), ("dW gather", "dW dense+take"))]
         print(f"{label:24s} " + " ".join(f"{c:8.3f}" for c in cut))
-    for kind in ("linear", "conv"):
-        print(f"tinyitop's thresholds on {B.name}, {kind} layers: CSR products below "
-              f"{PRODUCT_CSR_MAX_DENSITY[B.name][kind]}, gather below {GATHER_MAX_DENSITY[B.name][kind]} "
-              f"(tinyitop/sparse.py)")
+    print(thresholds_line())
     if args.plot:
         plot(results, args.plot, short_title(B.describe()), B.name)
+
+
+def thresholds_line():
+    products = PRODUCT_CSR_MAX_DENSITY[B.name]
+    return (f"tinyitop's thresholds on {B.name}: CSR products below {products['in cache']} while the dense "
+            f"operand fits {OPERAND_CACHE_BYTES / 2 ** 20:.0f} MiB, below {products['beyond cache']} beyond; "
+            f"gather below {GATHER_MAX_DENSITY[B.name]} (tinyitop/sparse.py)")
+
+
+def column_sweep(repeats):
+    """CSR vs dense (forward + dx) at one shape and two densities, M from small to large."""
+    n_out, n_in = SWEEP_SHAPE
+    print(B.describe(), f"| {n_out}x{n_in} | float32 | ms, median of {repeats}")
+    print(f"{'density':>8s} {'M':>6s} {'operand MiB':>12s} {'csr fwd+dx':>11s} {'dense fwd+dx':>13s} "
+          f"{'csr/dense':>10s} {'faster':>7s} {'chosen':>7s}")
+    for density in SWEEP_DENSITIES:
+        for columns in SWEEP_COLUMNS:
+            ms = time_products(n_out, n_in, columns, density, repeats)
+            csr, dense = ms["fwd csr"] + ms["dx csr"], ms["fwd dense"] + ms["dx dense"]
+            mib, cache = cache_state(n_out, n_in, columns)
+            chosen = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][cache] else "dense"
+            print(f"{density:8.3f} {columns:6d} {mib:12.1f} {csr:11.2f} {dense:13.2f} {csr / dense:10.2f} "
+                  f"{'csr' if csr < dense else 'dense':>7s} {chosen:>7s}", flush=True)
+    print(thresholds_line())
 
 
 def short_title(describe):
@@ -135,8 +175,10 @@ def plot(results, path, title, backend):
             ax.plot(DENSITIES, [r[key] for r in rows], style, marker=".", label=key)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        kind = "conv" if label.startswith("conv") else "linear"
-        ax.axvline(PRODUCT_CSR_MAX_DENSITY[backend][kind], color="grey", lw=0.8)
+        shape = next((spec for spec in SHAPES + [WIDE] if spec[0] == label), None)
+        if shape is not None:                      # the threshold this shape's products get at batch 128
+            cache = cache_state(shape[1], shape[2], shape[3] * 128)[1]
+            ax.axvline(PRODUCT_CSR_MAX_DENSITY[backend][cache], color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("density")
     for row in axes:

@@ -85,7 +85,7 @@ def test_sparse_resnet_step_on_gpu_matches_numpy(paths, monkeypatch):
     from tinyitop.blocks import BasicBlock
     from tinyitop.layers import Flatten, AvgPool2d, Conv2d, BatchNorm2d, Linear, ReLU, Sequential
     from tinyitop.models import sparsify
-    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, kind: paths)
+    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, columns: paths)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 8)

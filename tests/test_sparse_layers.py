@@ -42,7 +42,7 @@ PATHS = [("csr", "gather"), ("csr", "dense+take"), ("dense", "gather"), ("dense"
 
 def force_paths(monkeypatch, paths):
     """Make every sparse layer take the given (product, gradient) paths, whatever its density."""
-    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, kind: paths)
+    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, columns: paths)
 
 
 @pytest.mark.parametrize("mask_kind", MASKS)
@@ -105,14 +105,17 @@ def test_sparse_conv_gradient_check(host_rng, paths, monkeypatch):
 
 def test_paths_follow_the_measured_thresholds_and_the_memory_cap(monkeypatch):
     low, high = SparseLinear(3072, 1024, 0.01), SparseLinear(3072, 1024, 0.2)
-    assert low.paths() == ("csr", "gather") and high.paths() == ("dense", "dense+take")
-    conv = SparseConv2d(64, 64, 3, density=0.03)           # conv: the gather loses earlier than the product
-    assert conv.paths() == ("csr", "dense+take")
+    assert low.paths(128) == ("csr", "gather") and high.paths(128) == ("dense", "dense+take")
+    conv = SparseConv2d(256, 512, 3, density=0.04)          # 512x2304 at 4%: CSR only while X fits the cache
+    assert conv.paths(2048) == ("csr", "dense+take")        # X (2304, 2048) float32: 18 MiB
+    assert conv.paths(3200) == ("dense", "dense+take")      # 28 MiB, over OPERAND_CACHE_BYTES
+    conv.forward(B.to_device(np.zeros((2, 256, 4, 4)), dtype="float32"))
+    assert conv.columns == 2 * 2 * 2 and conv.paths() == conv.paths(8)   # default: the last forward's M (N x OH x OW)
     monkeypatch.setattr("tinyitop.sparse.DENSE_BUFFER_MAX_BYTES", 3072 * 1024 * 4 - 1)
-    assert high.paths() == ("csr", "blocked dense+take")    # too large to hold dense: CSR products
+    assert high.paths(128) == ("csr", "blocked dense+take")  # too large to hold dense: CSR products
     monkeypatch.undo()
     B.use_modules("cupy", B.xp, B.sparse)                   # the GPU's thresholds: dense from 0.2%
-    assert low.paths() == ("dense", "dense+take") and SparseLinear(3072, 100, 0.001).paths() == ("csr", "gather")
+    assert low.paths(128) == ("dense", "dense+take") and SparseLinear(3072, 100, 0.001).paths(128) == ("csr", "gather")
 
 
 @pytest.mark.parametrize("rows_per_block", [1, 3, 40])

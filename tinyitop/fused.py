@@ -4,8 +4,11 @@ On a GPU each small array operation costs ~12.5 us of launch overhead from Pytho
 the SGD update of the paper MLP was ~55 of them (0.68 ms; one fused kernel per parameter 0.19 ms),
 and BatchNorm, ReLU and the residual add are chains of the same kind. Each function below is the
 plain NumPy expression (what to read: the math) and, on CuPy, one `cupy.ElementwiseKernel` doing
-the same per element in one launch. The two are tested against each other on a real GPU
-(tests/test_gpu.py); on a CPU, and on the CPU stand-in for CuPy, the NumPy expression runs.
+the same per element in one launch. im2col/col2im and the softmax cross-entropy have their kernels
+here too, called from im2col.py and losses.py beside the expressions they replace. Kernels and
+expressions are tested against each other on a real GPU (tests/test_gpu.py) and, for the kernel
+bodies of im2col, col2im and the loss, on the CPU by the host C compiler (tests/cuda_on_cpu.py);
+on a CPU, and on the CPU stand-in for CuPy, the NumPy expression runs.
 """
 from tinyitop import backend as B
 

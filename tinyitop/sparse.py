@@ -24,24 +24,30 @@ from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
 #   "dense": the CSR's values scattered into a reused dense (out, in) buffer, then BLAS / cuBLAS;
 #   "gather":     the gradient at the nonzeros only (SDDMM, `sddmm` below);
 #   "dense+take": the dense gradient dY X^T, then a take at the nonzeros.
-# The sparse path wins below a crossover density, measured per device and layer kind by
+# The sparse path wins below a crossover density, measured per device by
 # `python benchmarks/bench_breakeven.py` (batch 128; the tables and figure are in the README):
-#   CPU (this project's 2-core EPYC, OpenBLAS; PERF-NOTES' Xeon agrees within a factor 1.5):
-#     CSR forward/dx beat BLAS up to 2% on every shape and lose from 5% on the conv shapes (by
-#     1.1-1.5x); on the MLP's 1024x3072 CSR still wins at 5% (forward) or ties (dx). So 3.5% for
-#     conv layers, 5% for linear ones. The gather beats dense+take up to 2% on every shape (the
-#     conv 64x576 layer at 1%) and loses from 5%; ResNet-18's 512x4608 layers at 2.8% still gather
-#     faster (benchmarks/bench_paths.py): 3% for both kinds. Where a layer sits near a threshold
-#     the column count matters too (a gathered row of M values stays in cache for small M), which
-#     these constants ignore: bench_paths.py shows the one layer where that costs (README).
+#   CPU (this project's 2-core EPYC, OpenBLAS, 32 MiB L3; PERF-NOTES' Xeon agrees within 1.5x):
+#     SciPy's CSR kernel streams, per nonzero, one row of M values of the dense operand (X for
+#     W @ X, dY for W^T @ dY); BLAS streams it once per block whatever the density. So the CSR
+#     kernel is ~1.5x faster while that operand stays in the last-level cache: CSR beats BLAS up
+#     to 5% when the operand fits (the MLP's layers, ResNet's 512x2304 convs at M 2048: 18 MiB),
+#     and only below ~3% when it does not (every shape loses at 5%; VGG's 512x2304 conv at M 3200,
+#     28 MiB, loses at 3.2%; ResNet's 512x4608 at M 2048, 36 MiB, still wins at 2.8%).
+#     `bench_breakeven.py --columns` shows the step at one shape and density as M grows; 24 MiB
+#     (3/4 of the L3, which also holds the output rows and the weights) is where it falls here.
+#     The gather beats dense+take up to 2% on every shape (the conv 64x576 layer at 1%) and loses
+#     from 5%; ResNet-18's 512x4608 layers at 2.8% still gather faster (benchmarks/bench_paths.py):
+#     3%.
 #   GPU (H100, this benchmark; GPU-NOTES' H200 agrees): cuSPARSE's forward beats cuBLAS only below
 #     0.2-0.5% on the large layers (conv 256x2304 and up, the 10000x10000 one) and never on the
 #     MLP's; CSR^T @ dY only below 0.2%; the gather only at 0.2% on the 10000x10000 layer. So 0.2%
-#     for both: at the densities ERK gives conv layers (2-38%) every product is dense on a GPU.
+#     for all, cache or not: at the densities ERK gives conv layers (2-38%) every product is dense.
 # The thresholds are constants, not calibrated at run time, so one run always takes the same paths
 # and a resumed run stays bit-identical.
-PRODUCT_CSR_MAX_DENSITY = {"numpy": {"linear": 0.05, "conv": 0.035}, "cupy": {"linear": 0.002, "conv": 0.002}}
-GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.03}, "cupy": {"linear": 0.002, "conv": 0.002}}
+PRODUCT_CSR_MAX_DENSITY = {"numpy": {"in cache": 0.05, "beyond cache": 0.03},
+                           "cupy": {"in cache": 0.002, "beyond cache": 0.002}}
+GATHER_MAX_DENSITY = {"numpy": 0.03, "cupy": 0.002}
+OPERAND_CACHE_BYTES = 24 * 2 ** 20      # a CSR product's dense operand "in cache" up to this size
 # A layer whose dense (out, in) matrix would exceed this keeps its products on CSR at any density:
 # the wide 10000x10000 layer would need 400 MB per dense buffer, which is what truly sparse
 # training exists to avoid. Its gradient may still take the dense path, one block of rows at a
@@ -51,13 +57,16 @@ GATHER_MAX_DENSITY = {"numpy": {"linear": 0.03, "conv": 0.03}, "cupy": {"linear"
 DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
 
 
-def choose_paths(weight, kind):
-    """(product path, gradient path) of a SparseWeight in a "linear" or "conv" layer, on the active
-    backend: "csr" or "dense", and "gather", "dense+take" or "blocked dense+take" (see above)."""
+def choose_paths(weight, columns):
+    """(product path, gradient path) of a SparseWeight multiplying operands of `columns` columns
+    (M), on the active backend: "csr" or "dense", and "gather", "dense+take" or "blocked
+    dense+take" (see above)."""
     fits = weight.fits_dense()
     density = weight.density
-    product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][kind] or not fits else "dense"
-    if density < GATHER_MAX_DENSITY[B.name][kind]:
+    operand_bytes = max(weight.shape) * columns * weight.dtype.itemsize     # X (in, M) or dY (out, M)
+    cache = "in cache" if operand_bytes <= OPERAND_CACHE_BYTES else "beyond cache"
+    product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][cache] or not fits else "dense"
+    if density < GATHER_MAX_DENSITY[B.name]:
         return product, "gather"
     return product, "dense+take" if fits else "blocked dense+take"
 
@@ -305,6 +314,7 @@ class _SparseMixin:
     dense_grad = None         # (out, in) gradient of the last backward, only when keep_dense_grad and it fits
     grad_operands = None      # (dout_t, inputs_t) of that backward: RigL scores from them by blocks
     dense_weight = None       # (out, in) scattered weight of the last forward, on the dense path
+    columns = None            # M of the last forward's operand: batch, or batch x output pixels
 
     @property
     def weight(self):
@@ -322,13 +332,15 @@ class _SparseMixin:
         params = [("weight", self.weight_param)]
         return params + ([("bias", self.bias)] if self.bias is not None else [])
 
-    def paths(self):
-        """(product path, gradient path) this layer takes now: see choose_paths."""
-        return choose_paths(self.weight_param, self.kind)
+    def paths(self, columns=None):
+        """(product path, gradient path) this layer takes for operands of `columns` columns (default:
+        those of the last forward): see choose_paths."""
+        return choose_paths(self.weight_param, self.columns if columns is None else columns)
 
     def _product(self, x_t):
-        """W @ x_t: (out, in) @ (in, M) -> (out, M), on the path chosen for this layer's density."""
+        """W @ x_t: (out, in) @ (in, M) -> (out, M), on the path chosen for this layer's density and M."""
         self.dense_weight = None
+        self.columns = x_t.shape[1]                                     # M, for paths() in backward
         if self.paths()[0] == "csr":
             return spmm(self.weight, x_t)
         self.dense_weight = self.weight_param.scatter_dense()          # kept for dx in backward
@@ -362,8 +374,6 @@ class _SparseMixin:
 class SparseLinear(_SparseMixin, Module):
     """y = x W^T + b with W a CSR matrix (out_features, in_features). x (N, in) -> (N, out)."""
 
-    kind = "linear"
-
     def __init__(self, in_features, out_features, density, bias=True, fan_in_scaling=False):
         self.in_features, self.out_features = in_features, out_features
         self._init_parameters(out_features, in_features, density, bias, fan_in_scaling)
@@ -389,8 +399,6 @@ class SparseLinear(_SparseMixin, Module):
 
 class SparseConv2d(_SparseMixin, Conv2d):
     """Conv2d whose weight is a CSR matrix (out, in*kh*kw) applied to the im2col columns."""
-
-    kind = "conv"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, density=1.0,
                  fan_in_scaling=False):
