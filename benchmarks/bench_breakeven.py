@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from bench_layers import median_ms  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
 from tinyitop.sparse import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
-                             random_sparse_weight, sddmm, spmm)
+                             cache_state, random_sparse_weight, sddmm, spmm)
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # (label, out, in, columns per sample): the paper MLP's fc1 and fc2, and ResNet-18's 3x3 convs
@@ -39,10 +39,9 @@ SWEEP_SHAPE, SWEEP_DENSITIES = (512, 2304), (0.032, 0.042)
 SWEEP_COLUMNS = (1024, 1536, 2048, 2560, 3200, 4096, 6144, 8192)
 
 
-def cache_state(n_out, n_in, columns, itemsize=4):
-    """(MiB of the CSR product's dense operand, "in cache" or "beyond cache"), as choose_paths sees it."""
-    operand = max(n_out, n_in) * columns * itemsize
-    return operand / 2 ** 20, "in cache" if operand <= OPERAND_CACHE_BYTES else "beyond cache"
+def operand(n_out, n_in, columns):
+    """(MiB of the CSR product's float32 dense operand, "in cache" or "beyond cache"), as choose_paths sees it."""
+    return max(n_out, n_in) * columns * 4 / 2 ** 20, cache_state((n_out, n_in), columns, 4)
 
 
 def time_products(n_out, n_in, columns, density, repeats):
@@ -91,7 +90,7 @@ def main():
     results = {}
     for label, n_out, n_in, per_sample in shapes:
         columns = per_sample * args.batch
-        mib, cache = cache_state(n_out, n_in, columns)
+        mib, cache = operand(n_out, n_in, columns)
         print(f"\n{label}, M = {columns} columns, dense operand {mib:.1f} MiB ({cache})")
         print(f"{'density':>8s} " + " ".join(f"{k:>13s}" for k in ("fwd csr", "fwd dense", "dx csr", "dx dense",
                                                                       "dW gather", "dW dense+take")))
@@ -129,7 +128,7 @@ def column_sweep(repeats):
         for columns in SWEEP_COLUMNS:
             ms = time_products(n_out, n_in, columns, density, repeats)
             csr, dense = ms["fwd csr"] + ms["dx csr"], ms["fwd dense"] + ms["dx dense"]
-            mib, cache = cache_state(n_out, n_in, columns)
+            mib, cache = operand(n_out, n_in, columns)
             chosen = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][cache] else "dense"
             print(f"{density:8.3f} {columns:6d} {mib:12.1f} {csr:11.2f} {dense:13.2f} {csr / dense:10.2f} "
                   f"{'csr' if csr < dense else 'dense':>7s} {chosen:>7s}", flush=True)
@@ -177,7 +176,7 @@ def plot(results, path, title, backend):
         ax.set_yscale("log")
         shape = next((spec for spec in SHAPES + [WIDE] if spec[0] == label), None)
         if shape is not None:                      # the threshold this shape's products get at batch 128
-            cache = cache_state(shape[1], shape[2], shape[3] * 128)[1]
+            cache = cache_state((shape[1], shape[2]), shape[3] * 128, 4)
             ax.axvline(PRODUCT_CSR_MAX_DENSITY[backend][cache], color="grey", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("density")

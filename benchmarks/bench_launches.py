@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = (("paper MLP, SET 0.95", "mlp", 0.95), ("paper MLP, dense", "mlp", 0.0),
              ("ResNet-18, 0.95 ERK", "resnet18", 0.95), ("ResNet-18, dense", "resnet18", 0.0),
@@ -29,7 +31,6 @@ BATCH = 8
 def count_one_tree(tree):
     """{workload: launches in one training step} for the tinyitop package found in `tree`."""
     sys.path[:0] = [tree, os.path.join(ROOT, "tests")]
-    import numpy as np
     import fake_cupy
     from tinyitop import backend as B
     from tinyitop.losses import SoftmaxCrossEntropy
@@ -82,10 +83,7 @@ class _CountingKernel:
         self.fake_cupy = fake_cupy
 
     def __call__(self, *args):
-        import numpy as np
-        launches = self.fake_cupy.LAUNCHES
-        if not launches["paused"]:
-            launches["count"] += 1
+        self.fake_cupy.LAUNCHES["count"] += 1
         given = list(args[len(self.inputs):])
         if not given:
             arrays = [(words[-2], a) for words, a in zip(self.inputs, args)

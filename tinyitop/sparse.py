@@ -57,14 +57,19 @@ OPERAND_CACHE_BYTES = 24 * 2 ** 20      # a CSR product's dense operand "in cach
 DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
 
 
+def cache_state(shape, columns, itemsize):
+    """"in cache" or "beyond cache": whether a CSR product's dense operand, X (in, M) for W @ X or
+    dY (out, M) for W^T @ dY, the larger of the two, fits OPERAND_CACHE_BYTES."""
+    return "in cache" if max(shape) * columns * itemsize <= OPERAND_CACHE_BYTES else "beyond cache"
+
+
 def choose_paths(weight, columns):
     """(product path, gradient path) of a SparseWeight multiplying operands of `columns` columns
     (M), on the active backend: "csr" or "dense", and "gather", "dense+take" or "blocked
     dense+take" (see above)."""
     fits = weight.fits_dense()
     density = weight.density
-    operand_bytes = max(weight.shape) * columns * weight.dtype.itemsize     # X (in, M) or dY (out, M)
-    cache = "in cache" if operand_bytes <= OPERAND_CACHE_BYTES else "beyond cache"
+    cache = cache_state(weight.shape, columns, weight.dtype.itemsize)
     product = "csr" if density < PRODUCT_CSR_MAX_DENSITY[B.name][cache] or not fits else "dense"
     if density < GATHER_MAX_DENSITY[B.name]:
         return product, "gather"
