@@ -48,6 +48,8 @@ def add_train_arguments(parser, defaults=Config()):
     a = parser.add_argument
     a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
     a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, comma-separated (default: 1024,512)")
+    a("--width", type=float, default=d.width,
+      help="conv nets: channel counts x WIDTH, at least 1 channel; 1 is the paper's network (default: %(default)s)")
     a("--dataset", type=dataset_arg, default=d.dataset,
       help=f"{', '.join(DATASETS)} or PATH.npz with train_x/train_y/test_x/test_y (default: %(default)s)")
     a("--data-dir", default=d.data_dir, help="download/cache folder (default: ~/.cache/tinyitop)")

@@ -54,8 +54,22 @@ VGG16_C_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, "C256", "M", 512, 512, "C5
                 512, 512, "C512", "M"]
 
 
-def vgg16(num_classes=10):
-    """VGG-16 'vgg-c' of the sparselearning reference; 32x32 input -> 512x2x2 = 2048 features."""
+def scaled(channels, width):
+    """A layer's channel count at `width` (1.0: the paper's network), at least 1 channel."""
+    return max(1, int(round(channels * width)))
+
+
+def check_width(width):
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width!r}")
+
+
+def vgg16(num_classes=10, width=1.0):
+    """VGG-16 'vgg-c' of the sparselearning reference; 32x32 input -> 512x2x2 = 2048 features.
+
+    `width` scales every channel count (0.25: 16-32-64-128-128 channels, 512 -> 128 features);
+    the classifier's hidden 512 units scale with it."""
+    check_width(width)
     features, in_channels, index = [], 3, 0
     for item in VGG16_C_PLAN:
         if item == "M":
@@ -63,43 +77,48 @@ def vgg16(num_classes=10):
             index += 1
             continue
         kernel = 1 if isinstance(item, str) else 3
-        channels = int(item[1:]) if isinstance(item, str) else item
+        channels = scaled(int(item[1:]) if isinstance(item, str) else item, width)
         features += [(str(index), Conv2d(in_channels, channels, kernel, padding=1)),
                      (str(index + 1), BatchNorm2d(channels)), (str(index + 2), ReLU())]
         index += 3
         in_channels = channels
-    classifier = [("0", Linear(2048, 512)), ("1", ReLU()), ("2", BatchNorm1d(512)),
-                  ("3", Linear(512, 512)), ("4", ReLU()), ("5", BatchNorm1d(512)),
-                  ("6", Linear(512, num_classes))]
+    hidden = scaled(512, width)
+    classifier = [("0", Linear(in_channels * 2 * 2, hidden)), ("1", ReLU()), ("2", BatchNorm1d(hidden)),
+                  ("3", Linear(hidden, hidden)), ("4", ReLU()), ("5", BatchNorm1d(hidden)),
+                  ("6", Linear(hidden, num_classes))]
     return Sequential([("features", Sequential(features)), ("flatten", Flatten()),
                        ("classifier", Sequential(classifier))])
 
 
-def _resnet(block, num_blocks, num_classes):
-    """CIFAR ResNet: 3x3 stem (no max-pool), four stages, 4x4 average pool, bias-free Linear."""
-    layers = [("conv1", Conv2d(3, 64, 3, padding=1, bias=False)), ("bn1", BatchNorm2d(64)), ("relu", ReLU())]
-    in_planes = 64
-    for stage, (planes, count, stride) in enumerate(zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2))):
+def _resnet(block, num_blocks, num_classes, width):
+    """CIFAR ResNet: 3x3 stem (no max-pool), four stages, 4x4 average pool, bias-free Linear.
+    `width` scales the stages' channels (0.25: 16-32-64-128)."""
+    check_width(width)
+    in_planes = scaled(64, width)
+    layers = [("conv1", Conv2d(3, in_planes, 3, padding=1, bias=False)), ("bn1", BatchNorm2d(in_planes)),
+              ("relu", ReLU())]
+    stage_planes = [scaled(p, width) for p in (64, 128, 256, 512)]
+    for stage, (planes, count, stride) in enumerate(zip(stage_planes, num_blocks, (1, 2, 2, 2))):
         blocks = []
         for i in range(count):
             blocks.append((str(i), block(in_planes, planes, stride if i == 0 else 1)))
             in_planes = planes * block.expansion
         layers.append((f"layer{stage + 1}", Sequential(blocks)))
     layers += [("avgpool", AvgPool2d(4)), ("flatten", Flatten()),
-               ("linear", Linear(512 * block.expansion, num_classes, bias=False))]
+               ("linear", Linear(in_planes, num_classes, bias=False))]
     return Sequential(layers)
 
 
-def resnet18(num_classes=10):
-    return _resnet(BasicBlock, (2, 2, 2, 2), num_classes)
+def resnet18(num_classes=10, width=1.0):
+    return _resnet(BasicBlock, (2, 2, 2, 2), num_classes, width)
 
 
-def resnet34(num_classes=10):
-    return _resnet(BasicBlock, (3, 4, 6, 3), num_classes)
+def resnet34(num_classes=10, width=1.0):
+    return _resnet(BasicBlock, (3, 4, 6, 3), num_classes, width)
 
 
-def resnet50(num_classes=10):
-    return _resnet(Bottleneck, (3, 4, 6, 3), num_classes)
+def resnet50(num_classes=10, width=1.0):
+    return _resnet(Bottleneck, (3, 4, 6, 3), num_classes, width)
 
 
 def _owners(module):

@@ -43,7 +43,8 @@ def run_title(run_dir):
     sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']:.6g}, {c['init']}"
     exploring = c["method"] in ("set", "rigl", "snip-set", "lth-set", "gmp")
     interval = f", Delta T {c['update_interval']}" if exploring else ""
-    hidden = "-".join(str(h) for h in c["hidden"]) if c["model"] == "mlp" else ""
+    hidden = ("-".join(str(h) for h in c["hidden"]) if c["model"] == "mlp"
+              else f"width {c['width']:g}" if c.get("width", 1.0) != 1.0 else "")
     return f"{c['model']} {hidden} on {data}: {method}{sparse}{interval}, {c['epochs'] * c['multiplier']} epochs"
 
 

@@ -64,6 +64,7 @@ class Config:
     """One experiment. Defaults are the paper's MLP settings on CIFAR-10 (Liu et al. 2021)."""
     model: str = "mlp"
     hidden: tuple = (1024, 512)
+    width: float = 1.0              # conv nets: channel counts x width (1.0: the paper's network)
     dataset: str = "cifar10"        # a name from data.DATASETS or the path of the user's .npz
     data_dir: str = None
     augment: bool = None            # crop + flip; None: on for CIFAR-10/100, off otherwise
@@ -147,6 +148,10 @@ class Config:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.stop_exploration_epoch is not None and self.stop_exploration_epoch < 0:
             problems.append(f"stop_exploration_epoch must be >= 0, got {self.stop_exploration_epoch}")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
+            problems.append(f"width must be a positive number, got {self.width!r}")
+        elif self.model == "mlp" and self.width != 1.0:
+            problems.append("width scales conv nets' channels; an mlp's sizes are --hidden")
         if self.model == "mlp" and not self.hidden:
             problems.append("mlp needs at least one hidden layer size")
         if any(h < 1 for h in self.hidden):
@@ -168,7 +173,7 @@ def _dense_model(config, data):
         return mlp(data.in_features, config.hidden, data.num_classes)
     if tuple(data.image_shape) != (3, 32, 32):
         raise ValueError(f"{config.model} expects 3x32x32 images; {data.name} has {tuple(data.image_shape)}")
-    return MODELS[config.model](data.num_classes)
+    return MODELS[config.model](data.num_classes, width=config.width)
 
 
 def _lottery_ticket(config, data, log):
@@ -258,7 +263,9 @@ def changed_settings(saved, config):
     """[(setting, saved value, value now)] for every setting that changes the result (not
     RESUME_FREE) and differs between a saved run's config (JSON) and `config`."""
     now = config.to_json()
-    return [(k, saved.get(k), v) for k, v in now.items() if k not in RESUME_FREE and saved.get(k) != v]
+    defaults = Config().to_json()      # a setting added later: older runs had its default
+    return [(k, saved.get(k, defaults[k]), v) for k, v in now.items()
+            if k not in RESUME_FREE and saved.get(k, defaults[k]) != v]
 
 
 def _available_bytes():
@@ -280,7 +287,7 @@ def check_memory(config, data):
         sizes = [data.in_features, *config.hidden, data.num_classes]
         shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
     else:                                       # conv nets: fixed sizes, only the classifier grows
-        shapes = [(512 * 4, data.num_classes), (11_000_000, 1)]
+        shapes = [(512 * 4, data.num_classes), (int(11_000_000 * max(config.width, 1) ** 2), 1)]
     dense_numel = sum(a * b for a, b in shapes)
     if config.method in ("dense", "gmp", "snip", "snip-set", "lth", "lth-set"):
         need = dense_numel * 4 * 3                 # weight, gradient, momentum (float32); dense at some point
@@ -399,7 +406,8 @@ def _train(config, folder, resuming, log, on_epoch_end):
         state = _resume(folder, config, model, optimizer, exploration, flops, data_rng, metrics, updates, log)
 
     log(B.describe())
-    log(f"{config.model} on {data.name}: {len(train_x)} train / {len(val_x)} val / {len(data.test_x)} test, "
+    model_name = config.model + (f" (width {config.width:g})" if config.width != 1.0 else "")
+    log(f"{model_name} on {data.name}: {len(train_x)} train / {len(val_x)} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
         f"R_s at start {format_rs(exploration.rs())}")
     if (config.method in EXPLORING or pruner) and config.update_interval > total_steps:
