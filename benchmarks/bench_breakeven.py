@@ -1,12 +1,12 @@
 """Is truly sparse faster? The break-even density of each product, per device.
 
 For layer shapes of the paper's networks, times the three products of a sparse layer on both paths
-(tinyitop.sparse: "Which kernel for which layer") at several densities, synchronised on a GPU:
+(tinyitop/sparse_kernels.py) at several densities, synchronised on a GPU:
   forward  W @ X      CSR kernel             vs  values scattered into a dense buffer, then BLAS
   dx       W^T @ dY   CSR kernel (CSR^T)     vs  the same dense buffer, transposed
   dW       gradient at the nonzeros: gather (SDDMM)  vs  dense dY X^T, then take
 and prints, per shape, the density below which the sparse path is faster: the constants
-PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse.py come from this table.
+PRODUCT_CSR_MAX_DENSITY and GATHER_MAX_DENSITY in tinyitop/sparse_kernels.py come from this table.
 On a CPU the CSR product's break-even also depends on whether its dense operand (X, or dY for dx:
 max(out, in) x M floats) stays in the last-level cache; `--columns` times one shape at two
 densities near the thresholds as M grows, to show where that step falls:
@@ -23,8 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_layers import median_ms  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
-from tinyitop.sparse import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
-                             cache_state, random_sparse_weight, sddmm, spmm)
+from tinyitop.sparse import random_sparse_weight  # noqa: E402
+from tinyitop.sparse_kernels import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
+                                     cache_state, sddmm, spmm)
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # (label, out, in, columns per sample): the paper MLP's fc1 and fc2, and ResNet-18's 3x3 convs
@@ -115,7 +116,7 @@ def thresholds_line():
     products = PRODUCT_CSR_MAX_DENSITY[B.name]
     return (f"tinyitop's thresholds on {B.name}: CSR products below {products['in cache']} while the dense "
             f"operand fits {OPERAND_CACHE_BYTES / 2 ** 20:.0f} MiB, below {products['beyond cache']} beyond; "
-            f"gather below {GATHER_MAX_DENSITY[B.name]} (tinyitop/sparse.py)")
+            f"gather below {GATHER_MAX_DENSITY[B.name]} (tinyitop/sparse_kernels.py)")
 
 
 def column_sweep(repeats):

@@ -4,7 +4,7 @@ For every sparse layer of the paper MLP, VGG-16 and ResNet-18 at sparsity 0.95 (
 the products at that layer's own shape, density and column count (M = batch, or batch x output
 pixels for a conv), on both paths, and the ratio of the path tinyitop chose to the faster one
 (1.00 = it chose the faster; the goal is <= 1.05). Products and gradient are judged separately,
-as they are chosen separately (tinyitop/sparse.py, choose_paths).
+as they are chosen separately (tinyitop/sparse_kernels.py, choose_paths).
   python benchmarks/bench_paths.py [--models mlp,vgg16,resnet18] [--repeats 3]
 """
 import argparse
@@ -49,7 +49,7 @@ def main():
         print(f"{'layer':22s} {'shape':>11s} {'density':>8s} {'M':>7s} {'csr fwd+dx':>11s} {'dense fwd+dx':>13s} "
               f"{'chosen':>7s} {'ratio':>6s} {'gather':>8s} {'dense+take':>11s} {'chosen':>11s} {'ratio':>6s}")
         for layer_name, layer in sparse_layers(model).items():
-            weight = layer.weight_param
+            weight = layer.weight
             if weight.density >= 1:        # made dense by ERK: the dense path, nothing to choose
                 continue
             n_out, n_in = weight.shape

@@ -10,13 +10,14 @@ import math
 
 from tinyitop import backend as B
 from tinyitop.init import sample_positions
-from tinyitop.sparse import DENSE_BUFFER_MAX_BYTES, SPARSE_TYPES
+from tinyitop.sparse import SPARSE_TYPES
+from tinyitop.sparse_kernels import DENSE_BUFFER_MAX_BYTES
 
 GROWTH_MODES = ("random", "gradient", "unexplored")
 FINAL_PRUNE_RATE = 0.005
 
 
-def prune_rate(step, total_steps, initial=0.5, final=FINAL_PRUNE_RATE):
+def prune_rate_at(step, total_steps, initial=0.5, final=FINAL_PRUNE_RATE):
     """Cosine decay: p(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2."""
     return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
@@ -31,7 +32,7 @@ def sparse_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, SPARSE_TYPES)}
 
 
-def prune(weight, k):
+def survivors(weight, k):
     """Slots (indices into the nonzeros) that survive removing the k smallest |w|; sorted."""
     xp = B.xp
     if k == 0:
@@ -116,7 +117,7 @@ def update_layer(weight, rate, mode, explored=None, dense_grad=None, grad_operan
     xp = B.xp
     k = prune_count(rate, weight.nnz)
     positions = weight.flat_positions()                            # (nnz,) sorted
-    kept_slots = prune(weight, k)                                   # (nnz - k,)
+    kept_slots = survivors(weight, k)                                   # (nnz - k,)
     kept_positions = positions[kept_slots]
     grown = grow(weight, kept_positions, k, mode, explored, dense_grad, grad_operands)
     new_positions = xp.concatenate([kept_positions, grown])
@@ -152,7 +153,7 @@ class TopologyUpdater:
         self.initial_prune_rate, self.total_steps = initial_prune_rate, total_steps
         self.stop_exploration_step = stop_exploration_step
         # A layer at density 1 (made dense by ERK) has nothing to explore.
-        self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight_param.density < 1}
+        self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight.density < 1}
         # {layer name: (source, kept positions, grown positions)} of the last update, for readers
         # who want to watch it (demos/one_update.py); see update_layer for what each holds.
         self.last_update = {}
@@ -174,9 +175,9 @@ class TopologyUpdater:
         """After the optimizer step of iteration `step`. Returns the prune rate used, or None."""
         if not self.is_update_step(step):
             return None
-        rate = prune_rate(step, self.total_steps, self.initial_prune_rate)
+        rate = prune_rate_at(step, self.total_steps, self.initial_prune_rate)
         for name, layer in self.layers.items():
-            weight = layer.weight_param
+            weight = layer.weight
             explored = self.exploration.sets[name]
             source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad,
                                                layer.grad_operands)

@@ -1,0 +1,152 @@
+"""Which kernel computes each product of a sparse layer (tinyitop/sparse.py), and the kernels.
+
+A sparse layer does three products per step: forward W @ X, dx W^T @ dY, and the weight gradient
+at the nonzeros. Truly sparse kernels win only below a density that depends on the device, so each
+product has two paths:
+  product  "csr":   the CSR kernel (scipy.sparse / cuSPARSE);
+           "dense": the CSR's values scattered into a reused dense (out, in) buffer, then BLAS/cuBLAS;
+  gradient "gather":     dY[row] . X[col] at each nonzero only (a sampled product, SDDMM: `sddmm`);
+           "dense+take": the dense gradient dY X^T, then its entries at the nonzeros;
+           "blocked dense+take": the same one block of rows at a time, for layers too big for a
+           dense buffer.
+The rule (measured by benchmarks/bench_breakeven.py and bench_paths.py; figures in docs/SPEED.md):
+  CPU: CSR products below 5% density while their dense operand fits the last-level cache (24 MiB
+       here), below 3% beyond; the gather below 3%.
+  GPU: everything below 0.2% (cuBLAS is that much faster); at ERK's conv densities all is dense.
+The thresholds are constants, not calibrated at run time, so a run always takes the same paths and
+a resumed run stays bit-identical. On a CPU the kernels split their work over two threads (SciPy's
+and NumPy's kernels release the GIL).
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from tinyitop import backend as B
+
+PRODUCT_CSR_MAX_DENSITY = {"numpy": {"in cache": 0.05, "beyond cache": 0.03},
+                           "cupy": {"in cache": 0.002, "beyond cache": 0.002}}
+GATHER_MAX_DENSITY = {"numpy": 0.03, "cupy": 0.002}
+OPERAND_CACHE_BYTES = 24 * 2 ** 20      # a CSR product's dense operand is "in cache" up to this size
+# A layer whose dense (out, in) copy would exceed this keeps its products on CSR at any density
+# (a 10000x10000 layer would need 400 MB per buffer, what truly sparse training exists to avoid);
+# its gradient takes the dense path one block of rows at a time within this budget. It holds every
+# conv layer of ResNet/VGG (the largest, 512x4608, is 9 MB) and the paper MLP's fc1 (12.6 MB).
+DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
+# The gather works in chunks of nonzeros sized by bytes (each nonzero reads one row of M values of
+# each operand): small enough to stay in a CPU's cache, large enough to be a few big GPU kernels.
+CPU_CHUNK_BYTES, GPU_CHUNK_BYTES = 512 * 2 ** 10, 128 * 2 ** 20
+COLUMN_BLOCK = 512      # CPU gather: nonzeros visited by blocks of 512 input features (stay in L2)
+
+
+def cache_state(shape, columns, itemsize):
+    """"in cache" or "beyond cache": whether a CSR product's dense operand, X (in, M) for W @ X or
+    dY (out, M) for W^T @ dY, the larger of the two, fits OPERAND_CACHE_BYTES."""
+    return "in cache" if max(shape) * columns * itemsize <= OPERAND_CACHE_BYTES else "beyond cache"
+
+
+def fits_dense(weight):
+    """Whether a dense (out, in) copy of a SparseWeight stays within DENSE_BUFFER_MAX_BYTES."""
+    return weight.numel * weight.dtype.itemsize <= DENSE_BUFFER_MAX_BYTES
+
+
+def choose_paths(weight, columns):
+    """(product path, gradient path) of a SparseWeight multiplying operands of `columns` columns
+    (M) on the active backend: "csr" or "dense", and "gather", "dense+take" or "blocked dense+take"."""
+    fits = fits_dense(weight)
+    cache = cache_state(weight.shape, columns, weight.dtype.itemsize)
+    product = "csr" if weight.density < PRODUCT_CSR_MAX_DENSITY[B.name][cache] or not fits else "dense"
+    if weight.density < GATHER_MAX_DENSITY[B.name]:
+        return product, "gather"
+    return product, "dense+take" if fits else "blocked dense+take"
+
+
+def grad_at_nonzeros(weight, path, dout_t, inputs_t):
+    """(dout_t @ inputs_t.T) at the nonzeros of `weight`, by `path`: dout_t (out, M), inputs_t (in, M)
+    -> (nnz,) in CSR order."""
+    if path == "gather":
+        order, rows, cols = weight.gather_plan()
+        return sddmm(dout_t, inputs_t, rows, cols, order)
+    if path == "blocked dense+take":
+        return blocked_dense_take(weight, dout_t, inputs_t, DENSE_BUFFER_MAX_BYTES)
+    return weight.take(dout_t @ inputs_t.T)                          # (out, M) @ (M, in) -> (out, in)
+
+
+# ---- the kernels ---------------------------------------------------------------------------------
+def _thread_count():
+    """TINYITOP_THREADS, else min(2, cores); 1 turns threads off (the sweep runner's one process per core)."""
+    value = os.environ.get("TINYITOP_THREADS", "")
+    if not value:
+        return max(1, min(2, os.cpu_count() or 1))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"TINYITOP_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_THREADS = _thread_count()
+_pool = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
+
+
+def _parallel(tasks):
+    """Run zero-argument functions; on NumPy spread them over the cores (CuPy: kernels are async)."""
+    if _pool is None or B.name != "numpy" or len(tasks) == 1:
+        return [task() for task in tasks]
+    return list(_pool.map(lambda task: task(), tasks))
+
+
+def spmm(matrix, dense):
+    """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
+    xp = B.xp
+    m = dense.shape[1]
+    if B.name != "numpy" or _pool is None or m < 64 or matrix.nnz < 40_000:
+        return xp.asarray(matrix @ dense)
+    half = m // 2
+    parts = _parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),
+                       lambda: matrix @ xp.ascontiguousarray(dense[:, half:])])
+    return xp.concatenate(parts, axis=1)
+
+
+def sddmm(left, right, rows, cols, order=None):
+    """(left @ right.T)[rows, cols] without the dense product: left (R, M), right (C, M) -> (nnz,).
+
+    Each nonzero is the dot product of one row of `left` with one row of `right`: both operands are
+    feature-major, so every gathered row is contiguous. If `order` is given, rows/cols are already
+    permuted by it (SparseWeight.gather_plan) and the result is scattered back to CSR order.
+    """
+    xp = B.xp
+    nnz = rows.size
+    result = xp.empty(nnz, dtype=left.dtype)
+    row_bytes = left.shape[1] * left.dtype.itemsize                     # one gathered row: M values
+    chunk = max(16, (CPU_CHUNK_BYTES if B.name == "numpy" else GPU_CHUNK_BYTES) // row_bytes)
+
+    def run(start, stop):
+        for s in range(start, stop, chunk):
+            e = min(s + chunk, stop)
+            result[s:e] = xp.einsum("km,km->k", left[rows[s:e]], right[cols[s:e]])  # (k, M) . (k, M)
+    split = nnz // 2 if B.name == "numpy" and nnz > 4 * chunk else nnz
+    _parallel([lambda: run(0, split), lambda: run(split, nnz)] if split < nnz else [lambda: run(0, nnz)])
+    if order is None:
+        return result
+    out = xp.empty_like(result)
+    out[order] = result
+    return out
+
+
+def blocked_dense_take(weight, dout_t, inputs_t, max_bytes):
+    """(dout_t @ inputs_t.T) at the nonzeros of `weight`, one block of rows at a time: never more
+    than `max_bytes` of dense gradient. dout_t (out, M), inputs_t (in, M) -> (nnz,) in CSR order.
+
+    The nonzeros of rows [r0, r1) are one contiguous CSR segment indptr[r0]:indptr[r1], so each
+    block's take fills one slice of the result.
+    """
+    n_out, n_in = weight.shape
+    rows_per_block = max(1, max_bytes // (n_in * dout_t.dtype.itemsize))
+    indptr = weight.host_indptr()
+    flat = weight.flat_positions()
+    grad = B.xp.empty(weight.nnz, dtype=dout_t.dtype)
+    for r0 in range(0, n_out, rows_per_block):
+        r1 = min(r0 + rows_per_block, n_out)
+        lo, hi = int(indptr[r0]), int(indptr[r1])
+        if lo == hi:
+            continue
+        block = dout_t[r0:r1] @ inputs_t.T                               # (r1 - r0, in), within max_bytes
+        grad[lo:hi] = block.reshape(-1)[flat[lo:hi] - r0 * n_in]
+    return grad
