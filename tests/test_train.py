@@ -76,13 +76,14 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     import tinyitop.train as train_module
     from tinyitop import checkpoint
-    real_forward = train_module.SoftmaxCrossEntropy.forward
+    from tinyitop.losses import SoftmaxCrossEntropy
+    real_forward = SoftmaxCrossEntropy.forward
     poisoned = []
 
     def forward(self, logits, labels):
         loss = real_forward(self, logits, labels)
         return loss * float("nan") if poisoned else loss
-    monkeypatch.setattr(train_module.SoftmaxCrossEntropy, "forward", forward)
+    monkeypatch.setattr(SoftmaxCrossEntropy, "forward", forward)
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 2"):
         train(_config(tmp_path, epochs=3), on_epoch_end=lambda epoch: poisoned.append(epoch))
     run = train_module.build_model(_config(tmp_path), train_module.load("synthetic"))

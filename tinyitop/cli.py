@@ -9,7 +9,9 @@ from tinyitop import backend as B
 from tinyitop.data import DATASETS, PAD_MODES, DatasetError, is_npz
 from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
-from tinyitop.train import METHODS, MODEL_NAMES, Config, TrainingDiverged, TrainingInterrupted, train
+from tinyitop.config import METHODS, MODEL_NAMES, Config
+from tinyitop.report import TrainingDiverged
+from tinyitop.train import TrainingInterrupted, train
 
 INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
@@ -44,12 +46,9 @@ def _name_list(text):
 
 
 def add_train_arguments(parser, defaults=Config()):
+    """The train options, in groups a reader scans: data, model, method, optimisation, run folder."""
     d = defaults
-    a = parser.add_argument
-    a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
-    a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, comma-separated (default: 1024,512)")
-    a("--width", type=float, default=d.width,
-      help="conv nets: channel counts x WIDTH, at least 1 channel; 1 is the paper's network (default: %(default)s)")
+    a = parser.add_argument_group("data").add_argument
     a("--dataset", type=dataset_arg, default=d.dataset,
       help=f"{', '.join(DATASETS)} or PATH.npz with train_x/train_y/test_x/test_y (default: %(default)s)")
     a("--data-dir", default=d.data_dir, help="download/cache folder (default: ~/.cache/tinyitop)")
@@ -57,39 +56,56 @@ def add_train_arguments(parser, defaults=Config()):
       help="random crop + horizontal flip of training images (default: on for cifar10/cifar100, off otherwise)")
     a("--pad-mode", choices=PAD_MODES, default=d.pad_mode,
       help="padding before the random crop; the ITOP reference reflects (default: %(default)s)")
-    a("--method", choices=METHODS, default=d.method, help="training method (default: %(default)s)")
-    a("--growth", choices=GROWTH_MODES, default=None,
-      help="growth: random/unexplored for set, gradient for rigl (default: random for set, gradient for rigl)")
-    a("--sparsity", type=float, default=None,
-      help=f"fraction of weights removed, in [0, 1); --method dense takes none, or 0 (default: {d.sparsity})")
-    a("--init", choices=INIT_METHODS, default=d.init, help="per-layer densities (default: %(default)s)")
-    a("--dense-layers", type=_name_list, default=d.dense_layers, help="layers kept dense, e.g. fc1,fc3 (default: none)")
-    a("--fan-in-scaling", action="store_true",
-      help="scale each neuron's init by its actual fan-in (Evci et al. 2020); use for deep, very sparse nets "
-           "(default: off)")
-    a("--update-interval", type=int, default=d.update_interval,
-      help="Delta T: iterations between topology updates, not scaled by --multiplier (default: %(default)s)")
-    a("--prune-rate", type=float, default=d.prune_rate, help="initial prune rate P, cosine to 0.005 (default: %(default)s)")
-    a("--stop-exploration-epoch", type=int, default=d.stop_exploration_epoch,
-      help="no topology updates after this epoch (Figure 4's 'w/o exploration'; default: never)")
-    a("--epochs", type=int, default=d.epochs, help="epochs before the multiplier (default: %(default)s)")
-    a("--multiplier", type=int, default=d.multiplier, help="extended training: epochs and LR milestones x this (default: %(default)s)")
-    a("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
-    a("--lr", type=float, default=d.lr, help="initial learning rate, x0.1 at 1/2 and 3/4 of training (default: %(default)s)")
-    a("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
-    a("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty on every parameter (default: %(default)s)")
-    a("--seed", type=int, default=d.seed, help="seeds weights, masks, growth, data order and split (default: %(default)s)")
     a("--limit-train", type=int, default=d.limit_train,
       help="use only the first N training samples, for quick runs (default: all)")
     a("--val-fraction", type=float, default=d.val_fraction,
       help="training images held out to pick the best epoch; 0 trains on all (the reference's protocol) "
            "and reports last and best test accuracy (default: %(default)s)")
+    a = parser.add_argument_group("model").add_argument
+    a("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
+    a("--hidden", type=_int_list, default=d.hidden, help="mlp hidden sizes, comma-separated (default: 1024,512)")
+    a("--width", type=float, default=d.width,
+      help="conv nets: channel counts x WIDTH, at least 1 channel; 1 is the paper's network (default: %(default)s)")
+    a = parser.add_argument_group(
+        "method", "sparse training: which weights exist, and how the mask moves (a topology update prunes the "
+                  "smallest weights of each sparse layer and grows as many)").add_argument
+    a("--method", choices=METHODS, default=d.method,
+      help="dense; static (fixed sparse mask); set / rigl (SET or RigL updates: ITOP); gmp, snip, lth, snip-set, "
+           "lth-set (the paper's baselines) (default: %(default)s)")
+    a("--sparsity", type=float, default=None,
+      help=f"fraction of weights absent, in [0, 1); --method dense takes none, or 0 (default: {d.sparsity})")
+    a("--init", choices=INIT_METHODS, default=d.init,
+      help="per-layer densities: uniform, er (Erdos-Renyi) or erk (Erdos-Renyi-Kernel: small layers denser) "
+           "(default: %(default)s)")
+    a("--growth", choices=GROWTH_MODES, default=None,
+      help="where new weights grow: random or unexplored (never active before) for set, gradient for rigl "
+           "(default: random for set, gradient for rigl)")
+    a("--update-interval", type=int, default=d.update_interval,
+      help="Delta T: iterations between topology updates, not scaled by --multiplier (default: %(default)s)")
+    a("--prune-rate", type=float, default=d.prune_rate,
+      help="initial prune rate P: fraction of a layer's weights pruned and regrown at an update, cosine to "
+           "0.005 (default: %(default)s)")
+    a("--dense-layers", type=_name_list, default=d.dense_layers, help="layers kept dense, e.g. fc1,fc3 (default: none)")
+    a("--fan-in-scaling", action="store_true",
+      help="scale each neuron's init by its actual fan-in (Evci et al. 2020); use for deep, very sparse nets "
+           "(default: off)")
+    a("--stop-exploration-epoch", type=int, default=d.stop_exploration_epoch,
+      help="no topology updates after this epoch (Figure 4's 'w/o exploration'; default: never)")
+    a = parser.add_argument_group("optimisation").add_argument
+    a("--epochs", type=int, default=d.epochs, help="epochs before the multiplier (default: %(default)s)")
+    a("--multiplier", type=int, default=d.multiplier,
+      help="extended training: epochs and LR milestones x this (default: %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
+    a("--lr", type=float, default=d.lr, help="initial learning rate, x0.1 at 1/2 and 3/4 of training (default: %(default)s)")
+    a("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty on every parameter (default: %(default)s)")
+    a("--seed", type=int, default=d.seed, help="seeds weights, masks, growth, data order and split (default: %(default)s)")
+    a = parser.add_argument_group("run folder").add_argument
     a("--out", default=d.out, help="output folder for metrics, checkpoint, figures (default: %(default)s)")
     a("--resume", action="store_true", help="continue from OUT/checkpoint.npz (the same settings and data only; default: off)")
     a("--overwrite", action="store_true", help="replace the run already in OUT: removes only what that run wrote (default: off)")
-    a("--no-progress", action="store_true", help="no progress bar within epochs (default: shown)")
+    a("--no-progress", action="store_true", help="no progress bars (default: shown)")
     a("--no-plots", action="store_true", help="skip the PNG figures at the end (default: drawn)")
-
 
 class _StdoutThatOutlivesItsReader:
     """sys.stdout that keeps a run going when its reader goes away (`... | head`): the first write

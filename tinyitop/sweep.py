@@ -24,7 +24,7 @@ import time
 
 from tinyitop import checkpoint
 from tinyitop.rundir import atomic_write, lock
-from tinyitop.train import Config, changed_settings
+from tinyitop.config import Config, changed_settings
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
