@@ -1,6 +1,6 @@
 """GPU kernel launches per training step, counted on a CPU with the CuPy stand-in (tests/fake_cupy.py).
 
-On a GPU each small array operation costs ~12.5 us of launch overhead from Python (GPU-NOTES), so
+On a GPU each small array operation costs ~12.5 us of launch overhead from Python (measured on an H200, docs/SPEED.md), so
 the number of launches per step bounds a small network's step time from below. The stand-in sees
 every array operation the CuPy path does: it counts one launch for each that writes an array (views
 and allocations count none). It cannot compile CUDA, so here `tinyitop.fused.kernel` hands out a

@@ -168,7 +168,7 @@ class DeviceArray(NDArrayOperatorsMixin):
 
 def _without_kind(name, call):
     def checked(*args, kind=None, **kwargs):
-        if kind not in (None, "stable"):     # CuPy 14.2 on an H200 accepted "stable" (GPU-NOTES)
+        if kind not in (None, "stable"):     # CuPy 14.2 on an H200 accepted "stable" (docs/SPEED.md)
             raise NotImplementedError(f"cupy.{name}: kind={kind!r} is not supported (only None or 'stable')")
         return call(*args, **kwargs)
     return checked

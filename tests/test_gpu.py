@@ -44,39 +44,48 @@ def _plain(function, *args):
 
 
 def test_fused_kernels_equal_their_plain_expressions_on_gpu():
+    """Each GPU aside of fused.py computes what the plain expression beside it does: SGD, BatchNorm
+    (train and eval, forward and backward, running statistics), ReLU and the residual add, normalise."""
     _cupy_or_skip()
     import tinyitop.fused as fused
+    from tinyitop.layers import BatchNorm2d, Parameter, ReLU
     rng = np.random.default_rng(3)
     dev = lambda *shape: B.to_device(rng.standard_normal(shape), dtype="float32")  # noqa: E731
+    close = lambda a, b, **kw: np.testing.assert_allclose(B.to_host(a), B.to_host(b), **kw)  # noqa: E731
     for nesterov in (True, False):
-        p, g, v = dev(50), dev(50), dev(50)
-        p2, v2 = p.copy(), v.copy()
-        fused.sgd_step(p, g, v, 0.1, 0.9, 5e-4, nesterov)
-        _plain(fused.sgd_step, p2, g, v2, 0.1, 0.9, 5e-4, nesterov)
-        np.testing.assert_allclose(B.to_host(p), B.to_host(p2), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(B.to_host(v), B.to_host(v2), rtol=1e-5, atol=1e-6)
-    x, mean, inv, gamma, beta = dev(4, 3, 5, 5), dev(1, 3, 1, 1), abs(dev(1, 3, 1, 1)), dev(1, 3, 1, 1), dev(1, 3, 1, 1)
-    for got, want in zip(fused.bn_normalise(x, mean, inv, gamma, beta), _plain(fused.bn_normalise, x, mean, inv, gamma, beta)):
-        np.testing.assert_allclose(B.to_host(got), B.to_host(want), rtol=1e-5, atol=1e-6)
-    args = (dev(4, 3, 5, 5), x, gamma, inv, mean, beta, 100)
-    np.testing.assert_allclose(B.to_host(fused.bn_input_grad(*args)), B.to_host(_plain(fused.bn_input_grad, *args)),
-                               rtol=1e-5, atol=1e-6)
-    r1, r2, value = dev(3), None, dev(3)
-    r2 = r1.copy()
-    fused.running_update(r1, value, 0.1, 1.5)
-    _plain(fused.running_update, r2, value, 0.1, 1.5)
-    np.testing.assert_allclose(B.to_host(r1), B.to_host(r2), rtol=1e-6)
-    var = abs(dev(3))
-    np.testing.assert_allclose(B.to_host(fused.inverse_std(var, 1e-5)), B.to_host(_plain(fused.inverse_std, var, 1e-5)),
-                               rtol=1e-6)
+        data, grad, velocity = dev(50), dev(50), dev(50)
+        optimizers = []
+        for _ in range(2):
+            p = Parameter(data.copy())
+            p.grad = grad
+            optimizer = SGD([("p", p)], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
+            optimizer.velocity["p"] = velocity.copy()
+            optimizers.append((p, optimizer))
+        optimizers[0][1].step()
+        _plain(optimizers[1][1].step)
+        close(optimizers[0][0].data, optimizers[1][0].data, rtol=1e-5, atol=1e-6)
+        close(optimizers[0][1].velocity["p"], optimizers[1][1].velocity["p"], rtol=1e-5, atol=1e-6)
+    x, dout = dev(4, 3, 5, 5), dev(4, 3, 5, 5)
+    layers = [BatchNorm2d(3), BatchNorm2d(3)]
+    for layer in layers:
+        layer.weight.data, layer.bias.data = abs(dev(3)) + 0.5, dev(3)
+    layers[1].weight.data, layers[1].bias.data = layers[0].weight.data.copy(), layers[0].bias.data.copy()
+    for training in (True, False):
+        for layer in layers:
+            layer.training = training
+        close(layers[0].forward(x), _plain(layers[1].forward, x), rtol=1e-5, atol=1e-6)
+        close(layers[0].running_mean, layers[1].running_mean, rtol=1e-6, atol=1e-7)
+        close(layers[0].running_var, layers[1].running_var, rtol=1e-6, atol=1e-7)
+        close(layers[0].backward(dout), _plain(layers[1].backward, dout), rtol=1e-4, atol=1e-5)
+        close(layers[0].weight.grad, layers[1].weight.grad, rtol=1e-5, atol=1e-5)
+    relus = [ReLU(), ReLU()]
+    a, b = dev(6, 7), dev(6, 7)
+    np.testing.assert_array_equal(B.to_host(relus[0].forward_add(a, b)), B.to_host(_plain(relus[1].forward_add, a, b)))
+    np.testing.assert_array_equal(B.to_host(relus[0].backward(a)), B.to_host(_plain(relus[1].backward, a)))
     images = B.to_device(rng.integers(0, 256, (4, 3, 5, 5)).astype(np.uint8))
-    std = abs(dev(1, 3, 1, 1)) + 0.1
-    np.testing.assert_allclose(B.to_host(fused.normalise(images, mean, std)),
-                               B.to_host(_plain(fused.normalise, images, mean, std)), rtol=1e-6)
-    a, b, dout = dev(6, 7), dev(6, 7), dev(6, 7)
-    np.testing.assert_array_equal(B.to_host(fused.add_relu(a, b)), B.to_host(_plain(fused.add_relu, a, b)))
-    y = fused.relu(a)
-    np.testing.assert_array_equal(B.to_host(fused.relu_backward(dout, y)), B.to_host(_plain(fused.relu_backward, dout, y)))
+    mean, std = dev(1, 3, 1, 1), abs(dev(1, 3, 1, 1)) + 0.1
+    close(fused.normalise(images, mean, std), (images.astype(mean.dtype) / mean.dtype.type(255) - mean) / std,
+          rtol=1e-6)
 
 
 @pytest.mark.parametrize("paths", [("csr", "gather"), ("dense", "dense+take")])
@@ -85,7 +94,7 @@ def test_sparse_resnet_step_on_gpu_matches_numpy(paths, monkeypatch):
     from tinyitop.blocks import BasicBlock
     from tinyitop.layers import Flatten, AvgPool2d, Conv2d, BatchNorm2d, Linear, ReLU, Sequential
     from tinyitop.models import sparsify
-    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, columns: paths)
+    monkeypatch.setattr("tinyitop.sparse_kernels.choose_paths", lambda weight, columns: paths)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 8)
@@ -146,7 +155,8 @@ def test_fused_outputs_keep_the_input_layout_on_gpu():
     rng = np.random.default_rng(6)
     x = B.to_device(rng.standard_normal((3, 4, 5, 5)), dtype="float32").transpose(1, 0, 2, 3)  # (N, C, H, W) view
     channel = B.to_device(rng.standard_normal((1, 4, 1, 1)), dtype="float32")
-    outputs = [fused.relu(x), fused.add_relu(x, x), fused.relu_backward(x, x), *fused.bn_normalise(
+    from tinyitop.layers import ReLU
+    outputs = [ReLU().forward(x), fused.add_relu(x, x), fused.relu_backward(x, x), *fused.bn_normalise(
         x, channel, abs(channel), channel, channel), fused.bn_input_grad(x, x, channel, channel, channel, channel, 75)]
     for out in outputs:
         assert out.strides == x.strides and out.transpose(1, 0, 2, 3).flags.c_contiguous

@@ -2,7 +2,7 @@
 
 Layout is NCHW. The columns are stored *feature-major*: one row per (channel, ky, kx) and one
 column per output pixel, (C*KH*KW, N*OH*OW), so that a weight matrix (O, C*KH*KW), dense or
-CSR, multiplies them directly with no transpose (PERF-NOTES: CSR times a feature-major operand).
+CSR, multiplies them directly with no transpose (docs/SPEED.md: why feature-major).
 """
 from tinyitop import backend as B
 from tinyitop import fused
@@ -18,29 +18,25 @@ def im2col(x, kernel_h, kernel_w, stride=1, padding=0):
 
     The input is copied once into a zero-padded channel-major (C, N, H+2p, W+2p) buffer; each of
     the KH*KW kernel offsets is then a plain strided slice of it, in the layout of the columns.
-    (Slicing NCHW directly made every one of those copies a transpose too: 1.2-2.2x slower here.)
     When x is itself a channel-major buffer seen as NCHW (what Conv2d, BatchNorm and ReLU pass
-    along), the first copy reads it contiguously.
+    along), the first copy reads it contiguously. (Slicing NCHW directly would make every one of
+    those copies a transpose too: slower, docs/SPEED.md.)
     """
     xp = B.xp
     n, c, h, w = x.shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
-    kernel = fused.kernel("im2col")
-    if kernel is not None:      # CuPy: one kernel (tinyitop/fused.py) instead of the 1 + KH*KW copies below
-        source = xp.ascontiguousarray(x.transpose(1, 0, 2, 3))                        # (C, N, H, W), free if
-        cols = xp.empty((c * kernel_h * kernel_w, n * out_h * out_w), dtype=x.dtype)  # x is channel-major
-        kernel(source, n, h, w, kernel_h, kernel_w, out_h, out_w, stride, padding, cols)
-        return cols                                                                   # (C*KH*KW, N*OH*OW)
-    padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)        # (C, N, H+2p, W+2p)
-    padded[:, :, padding:padding + h, padding:padding + w] = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
-    cols = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
-    for ky in range(kernel_h):
-        y_end = ky + stride * out_h
-        for kx in range(kernel_w):
-            x_end = kx + stride * out_w
-            cols[:, ky, kx] = padded[:, :, ky:y_end:stride, kx:x_end:stride]          # (C, N, OH, OW)
-    return cols.reshape(c * kernel_h * kernel_w, n * out_h * out_w)  # (C*KH*KW, N*OH*OW)
+    if not fused.gpu():
+        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)        # (C, N, H+2p, W+2p)
+        padded[:, :, padding:padding + h, padding:padding + w] = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
+        cols = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
+        for ky in range(kernel_h):
+            y_end = ky + stride * out_h
+            for kx in range(kernel_w):
+                x_end = kx + stride * out_w
+                cols[:, ky, kx] = padded[:, :, ky:y_end:stride, kx:x_end:stride]          # (C, N, OH, OW)
+        return cols.reshape(c * kernel_h * kernel_w, n * out_h * out_w)  # (C*KH*KW, N*OH*OW)
+    return fused.im2col(x, kernel_h, kernel_w, stride, padding, out_h, out_w)   # GPU aside: the above, one kernel
 
 
 def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
@@ -53,16 +49,13 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
     n, c, h, w = x_shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
-    kernel = fused.kernel("col2im")
-    if kernel is not None:      # CuPy: one kernel (tinyitop/fused.py) instead of the KH*KW adds below
-        dx = xp.empty((c, n, h, w), dtype=cols.dtype)                                 # (C, N, H, W)
-        kernel(xp.ascontiguousarray(cols), n, h, w, kernel_h, kernel_w, out_h, out_w, stride, padding, dx)
-        return dx.transpose(1, 0, 2, 3)                                               # (N, C, H, W) view
-    cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
-    padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
-    for ky in range(kernel_h):
-        y_end = ky + stride * out_h
-        for kx in range(kernel_w):
-            x_end = kx + stride * out_w
-            padded[:, :, ky:y_end:stride, kx:x_end:stride] += cols[:, ky, kx]         # (C, N, OH, OW)
-    return padded[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)  # (N, C, H, W) view
+    if not fused.gpu():
+        cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
+        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
+        for ky in range(kernel_h):
+            y_end = ky + stride * out_h
+            for kx in range(kernel_w):
+                x_end = kx + stride * out_w
+                padded[:, :, ky:y_end:stride, kx:x_end:stride] += cols[:, ky, kx]         # (C, N, OH, OW)
+        return padded[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)  # (N, C, H, W) view
+    return fused.col2im(cols, x_shape, kernel_h, kernel_w, stride, padding, out_h, out_w)   # GPU aside: one kernel

@@ -249,15 +249,27 @@ class _BatchNorm(Module):
             mean = x.mean(axis=self.axes, keepdims=True)                   # (1, C, 1, 1) for images
             centred = x - mean
             var = (centred * centred).mean(axis=self.axes, keepdims=True)   # biased, used to normalise
-            fused.running_update(self.running_mean, mean.reshape(-1), self.momentum)
-            fused.running_update(self.running_var, var.reshape(-1), self.momentum, count / (count - 1))
+            self._update_running(mean.reshape(-1), var.reshape(-1), count / (count - 1))
         else:
             mean, var = self._shape(self.running_mean), self._shape(self.running_var)
-        self.inv_std = fused.inverse_std(var, self.eps)                    # 1 / sqrt(var + eps)
-        # x_hat = (x - mean) / std and y = gamma x_hat + beta, one kernel on a GPU
-        self.x_hat, y = fused.bn_normalise(x, mean, self.inv_std, self._shape(self.weight.data),
-                                           self._shape(self.bias.data))
+        gamma, beta = self._shape(self.weight.data), self._shape(self.bias.data)
+        if not fused.gpu():
+            self.inv_std = 1 / B.xp.sqrt(var + self.eps)                   # (1, C, 1, 1)
+            self.x_hat = (x - mean) * self.inv_std                          # normalised per channel
+            return gamma * self.x_hat + beta
+        self.inv_std = fused.inverse_std(var, self.eps)     # GPU aside: the three lines above in two
+        self.x_hat, y = fused.bn_normalise(x, mean, self.inv_std, gamma, beta)      # kernels (fused.py)
         return y
+
+    def _update_running(self, mean, var, unbias):
+        """running = (1 - momentum) running + momentum value; the variance unbiased (PyTorch's)."""
+        if not fused.gpu():
+            for running, value, factor in ((self.running_mean, mean, 1.0), (self.running_var, var, unbias)):
+                running *= 1 - self.momentum
+                running += self.momentum * value * factor
+            return
+        fused.running_update(self.running_mean, mean, self.momentum)           # GPU aside: one kernel each
+        fused.running_update(self.running_var, var, self.momentum, unbias)
 
     def backward(self, dout):
         axes = self.axes
@@ -269,8 +281,11 @@ class _BatchNorm(Module):
         # Mean and variance depend on x too: the two mean terms are their gradients,
         # dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), the means being the two sums / count.
         count = dout.size // self.num_features
-        return fused.bn_input_grad(dout, self.x_hat, gamma, self.inv_std, self._shape(self.bias.grad),
-                                   self._shape(self.weight.grad), count)
+        dbeta_sum, dgamma_sum = self._shape(self.bias.grad), self._shape(self.weight.grad)
+        if not fused.gpu():
+            return gamma * self.inv_std * (dout - dbeta_sum / count - self.x_hat * (dgamma_sum / count))
+        return fused.bn_input_grad(dout, self.x_hat, gamma, self.inv_std, dbeta_sum, dgamma_sum,  # GPU aside:
+                                   count)                                                     # one kernel
 
 
 class BatchNorm1d(_BatchNorm):
@@ -287,16 +302,21 @@ class ReLU(Module):
     """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask)."""
 
     def forward(self, x):
-        self.y = fused.relu(x)
+        self.y = B.xp.maximum(x, 0, out=fused.like(x))     # laid out like x (fused.like says why)
         return self.y
 
     def forward_add(self, a, b):
-        """relu(a + b), the end of a residual block: one kernel on a GPU."""
-        self.y = fused.add_relu(a, b)
+        """relu(a + b), the end of a residual block."""
+        if not fused.gpu():
+            self.y = B.xp.maximum(a + b, 0)
+        else:                                              # GPU aside: the line above as one kernel
+            self.y = fused.add_relu(a, b)
         return self.y
 
     def backward(self, dout):
-        return fused.relu_backward(dout, self.y)
+        if not fused.gpu():
+            return dout * (self.y > 0)                     # dx = dout where y > 0, else 0
+        return fused.relu_backward(dout, self.y)           # GPU aside: the line above as one kernel
 
 
 class _Pool2d(Module):

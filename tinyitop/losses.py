@@ -12,28 +12,25 @@ class SoftmaxCrossEntropy:
         if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
             raise ValueError(f"cross-entropy expects logits (N, K) and labels (N,), got "
                              f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-        n, k = logits.shape
+        n = logits.shape[0]
         self.labels = labels
-        compiled = fused.kernel("softmax_xent")
-        if compiled is not None:    # CuPy: one kernel (tinyitop/fused.py) for the ~10 launches below
-            self.probs = xp.empty((n, k), dtype=logits.dtype)
-            row_losses = xp.empty(n, dtype=logits.dtype)
-            compiled(xp.ascontiguousarray(logits), labels, k, self.probs, row_losses)
-            return row_losses.mean()
-        shifted = logits - logits.max(axis=1, keepdims=True)          # largest logit becomes 0
-        log_norm = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (N, 1)
-        log_probs = shifted - log_norm                                 # (N, K)
-        self.probs = xp.exp(log_probs)
-        return -log_probs[xp.arange(n), labels].mean()
+        if not fused.gpu():
+            shifted = logits - logits.max(axis=1, keepdims=True)          # largest logit becomes 0
+            log_norm = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (N, 1)
+            log_probs = shifted - log_norm                                 # (N, K)
+            self.probs = xp.exp(log_probs)
+            return -log_probs[xp.arange(n), labels].mean()
+        self.probs, row_losses = fused.softmax_xent(logits, labels)       # GPU aside: the above as one kernel
+        return row_losses.mean()
 
     def backward(self):
-        n, k = self.probs.shape
-        compiled = fused.kernel("softmax_xent_grad")
-        if compiled is not None:    # CuPy: one kernel for the copy, scatter-subtract and divide below
-            return compiled(self.probs, self.labels, k, n)
-        dlogits = self.probs.copy()
-        dlogits[B.xp.arange(n), self.labels] -= 1
-        return dlogits / n
+        """dL/dlogits = (softmax(z) - onehot(y)) / N, (N, K)."""
+        n = self.probs.shape[0]
+        if not fused.gpu():
+            dlogits = self.probs.copy()
+            dlogits[B.xp.arange(n), self.labels] -= 1
+            return dlogits / n
+        return fused.softmax_xent_grad(self.probs, self.labels)       # GPU aside: the above as one kernel
 
 
 def accuracy_count(logits, labels):

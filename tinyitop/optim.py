@@ -22,13 +22,21 @@ class SGD:
         self._name_of = {id(p): name for name, p in self.params}
 
     def step(self):
-        # Per parameter, in place (for CSR weights this writes the CSR's .data):
-        #   g = grad + weight_decay * p;  v = momentum * v + g  (no dampening)
-        #   p -= lr * (g + momentum * v)  with Nesterov, else  p -= lr * v
-        # one fused kernel per parameter on a GPU (tinyitop/fused.py).
         for name, p in self.params:
-            fused.sgd_step(p.data, p.grad, self.velocity[name], self.lr, self.momentum, self.weight_decay,
-                           self.nesterov)
+            if not fused.gpu():
+                self.update(p.data, p.grad, self.velocity[name])
+            else:                        # GPU aside: `update` as one kernel per parameter (fused.py)
+                fused.sgd_step(p.data, p.grad, self.velocity[name], self.lr, self.momentum, self.weight_decay,
+                               self.nesterov)
+
+    def update(self, param, grad, velocity):
+        """In place (for a CSR weight `param` is the CSR's own values): g = grad + weight_decay param;
+        velocity = momentum velocity + g (no dampening); param -= lr (g + momentum velocity) with
+        Nesterov, else lr velocity."""
+        g = grad + self.weight_decay * param if self.weight_decay else grad
+        velocity *= self.momentum
+        velocity += g
+        param -= self.lr * (g + self.momentum * velocity if self.nesterov else velocity)
 
     def remap(self, param, source):
         """After a topology update of `param`: new slot j takes old slot source[j]; < 0 -> zero."""
