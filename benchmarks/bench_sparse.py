@@ -8,7 +8,7 @@ step (forward + backward + SGD, batch 128), peak RSS, and bytes held by weights 
      cost of one topology update relative to Delta T = 1000 iterations
   D. the paper's conv nets, ResNet-18 and VGG-16 (CIFAR-10 shapes), dense and at 0.95 (ERK)
 Runs on either backend (TINYITOP_BACKEND), every timing synchronised on a GPU. Each sparse layer's
-paths (tinyitop/sparse.py choose_paths) are printed. When PyTorch happens to be importable, a
+paths (tinyitop/sparse_kernels.py choose_paths) are printed. When PyTorch happens to be importable, a
 column gives its step on the same device, dense and masked the way the ITOP reference trains
 (benchmarks/torch_reference.py); torch is never a dependency.
 Usage: python benchmarks/bench_sparse.py [--quick] [--sections ABCD]
@@ -30,6 +30,7 @@ from bench_layers import sync  # noqa: E402  (waits for the GPU so a timing cove
 from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.models import resnet18, skip_input_gradient, sparsify, vgg16  # noqa: E402
+from tinyitop.sparse import SPARSE_TYPES  # noqa: E402
 from tinyitop.topology import TopologyUpdater, sparse_layers  # noqa: E402
 
 CONV_MODELS = {"resnet18": resnet18, "vgg16": vgg16}
@@ -116,12 +117,12 @@ def one(spec):
     result = {"ms_per_step": 1e3 * seconds / count, "steps": count, "seconds": seconds,
               "held_mb": held_bytes(model, optimizer, exploration) / 2 ** 20,
               "paths": {n: "/".join(layer.paths()) for n, layer in layers.items()},
-              "densities": {n: round(layer.weight_param.density, 4) for n, layer in layers.items()}}
+              "densities": {n: round(layer.weight.density, 4) for n, layer in layers.items()}}
     if spec.get("torch") and not spec.get("fashion"):
         densities = None
         if sparsity:   # every Conv2d/Linear in definition order: sparse ones at their density, others dense
-            densities = [layer.weight_param.density if hasattr(layer, "weight_param") else 1.0
-                         for _, layer in model.named_modules() if hasattr(layer, "weight_param")
+            densities = [layer.weight.density if isinstance(layer, SPARSE_TYPES) else 1.0
+                         for _, layer in model.named_modules() if isinstance(layer, SPARSE_TYPES)
                          or type(layer).__name__ in ("Conv2d", "Linear")]
         result["torch_ms"] = torch_ms(spec, densities)
     if sparsity is not None and spec.get("update"):

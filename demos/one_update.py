@@ -54,7 +54,7 @@ class Narrator:
         self.model, self.optimizer, self.exploration, self.updater, self.out = (
             model, optimizer, exploration, updater, out)
         self.layer = sparse_layers(model)[LAYER]
-        self.weight = self.layer.weight_param
+        self.weight = self.layer.weight
 
     def state(self):
         """Host copies of the layer as it is now: positions, values, momentum, explored set."""

@@ -66,7 +66,7 @@ def test_snip_keeps_exactly_the_top_grad_times_weight(host_rng):
     assert set(masks["fc1"].tolist()) | {30 + p for p in masks["fc2"].tolist()} == best
     values = model.fc1.weight.data.reshape(-1)[masks["fc1"]]
     sparsify(model, 0.7, masks=masks)
-    np.testing.assert_array_equal(model.fc1.weight_param.data, values)    # initial values kept
+    np.testing.assert_array_equal(model.fc1.weight.data, values)    # initial values kept
 
 
 def test_snip_and_snip_set_train(tmp_path):
@@ -114,12 +114,12 @@ def test_gmp_prunes_on_a_cubic_schedule_and_never_grows(host_rng):
     for step in range(1, 61):
         for _, p in model.named_parameters():
             p.grad = B.xp.zeros_like(p.data)
-        before = {n: set(B.to_host(l.weight_param.flat_positions()).tolist()) for n, l in sparse_layers(model).items()}
+        before = {n: set(B.to_host(l.weight.flat_positions()).tolist()) for n, l in sparse_layers(model).items()}
         pruner.maybe_prune(step)
         for n, l in sparse_layers(model).items():
-            assert set(B.to_host(l.weight_param.flat_positions()).tolist()) <= before[n]   # no growth
-            assert opt.velocity[f"{n}.weight"].shape == l.weight_param.data.shape
-        nnz.append(sum(l.weight_param.nnz for l in sparse_layers(model).values()))
+            assert set(B.to_host(l.weight.flat_positions()).tolist()) <= before[n]   # no growth
+            assert opt.velocity[f"{n}.weight"].shape == l.weight.data.shape
+        nnz.append(sum(l.weight.nnz for l in sparse_layers(model).values()))
     assert nnz == sorted(nnz, reverse=True)
     assert nnz[-1] == round(0.1 * 600) + round(0.1 * 120)       # final density reached per layer
     assert pruner.target_density("fc1", 30) == pytest.approx(1 - 0.9 * (1 - 0.5 ** 3))
@@ -128,7 +128,7 @@ def test_gmp_prunes_on_a_cubic_schedule_and_never_grows(host_rng):
 def test_gmp_run_reaches_the_target(tmp_path):
     run = train(_config(tmp_path, method="gmp", epochs=3, update_interval=5))
     rows = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
-    densities = [sum(r["nnz_per_layer"].values()) / sum(l.weight_param.numel for l in sparse_layers(run.model).values())
+    densities = [sum(r["nnz_per_layer"].values()) / sum(l.weight.numel for l in sparse_layers(run.model).values())
                  for r in rows]
     assert densities[-1] == pytest.approx(0.1, abs=2e-3) and densities[0] > densities[-1]
     assert rows[-1]["rs"] == 1.0                               # it started dense: everything was explored

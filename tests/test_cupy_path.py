@@ -129,14 +129,14 @@ def test_stand_in_has_only_cupy_names():
 def test_same_seed_gives_the_same_masks_and_weights_on_both_backends(any_backend):
     B.seed(7)
     model = mlp(48, (32, 16), 10, sparsity=0.9)
-    got = {n: (B.to_host(layer.weight_param.flat_positions()), B.to_host(layer.weight_param.data))
+    got = {n: (B.to_host(layer.weight.flat_positions()), B.to_host(layer.weight.data))
            for n, layer in sparse_layers(model).items()}
     B.use("numpy")
     B.seed(7)
     reference = mlp(48, (32, 16), 10, sparsity=0.9)
     for name, layer in sparse_layers(reference).items():
-        np.testing.assert_array_equal(got[name][0], layer.weight_param.flat_positions())
-        np.testing.assert_array_equal(got[name][1], layer.weight_param.data)
+        np.testing.assert_array_equal(got[name][0], layer.weight.flat_positions())
+        np.testing.assert_array_equal(got[name][1], layer.weight.data)
 
 
 @pytest.fixture

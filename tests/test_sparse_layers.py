@@ -6,7 +6,8 @@ from gradcheck import check_layer
 from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
 from tinyitop.layers import Conv2d, Parameter
-from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, csr_from_flat, sddmm
+from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, csr_from_flat
+from tinyitop.sparse_kernels import sddmm
 
 
 def _mask(kind, shape, rng):
@@ -29,7 +30,7 @@ def _mask(kind, shape, rng):
 def _set_weight(layer, dense_w):
     """Make the sparse layer hold exactly the nonzeros of host matrix dense_w."""
     flat = np.flatnonzero(dense_w)
-    layer.weight_param = SparseWeight(csr_from_flat(B.to_device(flat), B.to_device(dense_w.reshape(-1)[flat]),
+    layer.weight = SparseWeight(csr_from_flat(B.to_device(flat), B.to_device(dense_w.reshape(-1)[flat]),
                                                     dense_w.shape))
 
 
@@ -42,7 +43,7 @@ PATHS = [("csr", "gather"), ("csr", "dense+take"), ("dense", "gather"), ("dense"
 
 def force_paths(monkeypatch, paths):
     """Make every sparse layer take the given (product, gradient) paths, whatever its density."""
-    monkeypatch.setattr("tinyitop.sparse.choose_paths", lambda weight, columns: paths)
+    monkeypatch.setattr("tinyitop.sparse_kernels.choose_paths", lambda weight, columns: paths)
 
 
 @pytest.mark.parametrize("mask_kind", MASKS)
@@ -64,7 +65,7 @@ def test_sparse_linear_equals_masked_dense(any_backend, host_rng, mask_kind, pat
     np.testing.assert_allclose(dx, dout @ w, rtol=1e-12, atol=1e-12)
     grad_dense = dout.T @ x
     rows, cols = np.nonzero(mask)
-    np.testing.assert_allclose(B.to_host(sparse.weight_param.grad), grad_dense[rows, cols], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(B.to_host(sparse.weight.grad), grad_dense[rows, cols], rtol=1e-10, atol=1e-12)
     assert y.dtype == np.float64
 
 
@@ -84,7 +85,7 @@ def test_sparse_conv_equals_masked_dense(any_backend, host_rng, mask_kind, paths
     np.testing.assert_allclose(B.to_host(sparse.forward(x)), B.to_host(dense.forward(x)), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(B.to_host(sparse.backward(dout)), B.to_host(dense.backward(dout)), atol=1e-12)
     rows, cols = np.nonzero(mask)
-    np.testing.assert_allclose(B.to_host(sparse.weight_param.grad),
+    np.testing.assert_allclose(B.to_host(sparse.weight.grad),
                                B.to_host(dense.weight.grad).reshape(4, 27)[rows, cols], atol=1e-12)
     np.testing.assert_allclose(B.to_host(sparse.bias.grad), B.to_host(dense.bias.grad), atol=1e-12)
 
@@ -111,7 +112,7 @@ def test_paths_follow_the_measured_thresholds_and_the_memory_cap(monkeypatch):
     assert conv.paths(3200) == ("dense", "dense+take")      # 28 MiB, over OPERAND_CACHE_BYTES
     conv.forward(B.to_device(np.zeros((2, 256, 4, 4)), dtype="float32"))
     assert conv.columns == 2 * 2 * 2 and conv.paths() == conv.paths(8)   # default: the last forward's M (N x OH x OW)
-    monkeypatch.setattr("tinyitop.sparse.DENSE_BUFFER_MAX_BYTES", 3072 * 1024 * 4 - 1)
+    monkeypatch.setattr("tinyitop.sparse_kernels.DENSE_BUFFER_MAX_BYTES", 3072 * 1024 * 4 - 1)
     assert high.paths(128) == ("csr", "blocked dense+take")  # too large to hold dense: CSR products
     monkeypatch.undo()
     B.use_modules("cupy", B.xp, B.sparse)                   # the GPU's thresholds: dense from 0.2%
@@ -120,11 +121,11 @@ def test_paths_follow_the_measured_thresholds_and_the_memory_cap(monkeypatch):
 
 @pytest.mark.parametrize("rows_per_block", [1, 3, 40])
 def test_blocked_dense_take_equals_the_gather(any_backend, host_rng, rows_per_block):
-    from tinyitop.sparse import blocked_dense_take
+    from tinyitop.sparse_kernels import blocked_dense_take
     mask = _mask("empty_rows_and_cols", (37, 23), host_rng)
     layer = SparseLinear(23, 37, 0.5).astype("float64")
     _set_weight(layer, host_rng.standard_normal((37, 23)) * mask)
-    w = layer.weight_param
+    w = layer.weight
     dout_t, x_t = B.to_device(host_rng.standard_normal((37, 6))), B.to_device(host_rng.standard_normal((23, 6)))
     got = blocked_dense_take(w, dout_t, x_t, rows_per_block * 23 * 8)
     rows, cols = np.nonzero(mask)
@@ -137,24 +138,24 @@ def test_dense_path_buffer_is_reused_and_rebuilt_on_a_topology_change(monkeypatc
     x = B.to_device(np.random.default_rng(0).standard_normal((4, 20)))
     layer.forward(x)
     buffer = layer.dense_weight
-    layer.weight_param.data[...] *= 2                       # SGD changed the values: re-scattered
+    layer.weight.data[...] *= 2                       # SGD changed the values: re-scattered
     y = layer.forward(x)
     assert layer.dense_weight is buffer
-    np.testing.assert_allclose(y, x @ layer.weight.toarray().T + layer.bias.data, rtol=1e-12)
-    w = layer.weight_param
+    np.testing.assert_allclose(y, x @ layer.weight.csr.toarray().T + layer.bias.data, rtol=1e-12)
+    w = layer.weight
     flat = w.flat_positions()[1:]                           # a new topology, one nonzero fewer
     w.set_topology(flat, w.data[1:].copy())
     y = layer.forward(x)
     assert layer.dense_weight is not buffer and np.count_nonzero(layer.dense_weight) == w.nnz
-    np.testing.assert_allclose(y, x @ layer.weight.toarray().T + layer.bias.data, rtol=1e-12)
+    np.testing.assert_allclose(y, x @ layer.weight.csr.toarray().T + layer.bias.data, rtol=1e-12)
 
 
 def test_weight_is_a_true_csr_matrix():
     layer = SparseLinear(100, 50, 0.1)
-    assert B.sparse.issparse(layer.weight) and layer.weight.format == "csr"
+    assert B.sparse.issparse(layer.weight.csr) and layer.weight.csr.format == "csr"
     assert layer.weight.shape == (50, 100) and layer.weight.nnz == 500
-    assert layer.weight.data.dtype == np.float32 and layer.weight.indices.dtype == np.int32
-    assert layer.weight_param.data is layer.weight.data   # the optimizer writes the CSR's own values
+    assert layer.weight.data.dtype == np.float32 and layer.weight.csr.indices.dtype == np.int32
+    assert layer.weight.data is layer.weight.csr.data   # the optimizer writes the CSR's own values
     assert not any(isinstance(v, np.ndarray) and v.size >= 5000 for v in vars(layer).values())
 
 
@@ -179,8 +180,8 @@ def test_sampling_respects_exclusions_and_is_uniform(host_rng):
 def test_fan_in_scaling_uses_actual_fan_in():
     B.seed(1)
     layer = SparseLinear(1000, 200, 0.01, fan_in_scaling=True)
-    fan_in = np.diff(layer.weight.indptr)
-    bound_per_nnz = 1 / np.sqrt(np.maximum(fan_in, 1))[layer.weight_param.rows()]
+    fan_in = np.diff(layer.weight.csr.indptr)
+    bound_per_nnz = 1 / np.sqrt(np.maximum(fan_in, 1))[layer.weight.rows()]
     assert np.all(np.abs(layer.weight.data) <= bound_per_nnz + 1e-7)
     assert np.abs(layer.weight.data).max() > 0.2      # far above the dense bound 1/sqrt(1000) = 0.032
 
@@ -211,8 +212,8 @@ def test_memory_is_proportional_to_nnz(host_rng):
     sparse.forward(host_rng.standard_normal((128, 3072)).astype(np.float32))
     sparse.backward(host_rng.standard_normal((128, 1024)).astype(np.float32))
     opt.step()
-    assert sparse.weight_param._plan is not None            # the gather path ran and cached its plan
-    held = (sparse.weight_param.nbytes() + sum(v.nbytes for v in opt.velocity.values())
+    assert sparse.weight._plan is not None            # the gather path ran and cached its plan
+    held = (sparse.weight.nbytes() + sum(v.nbytes for v in opt.velocity.values())
             + exploration.sets["fc"].nbytes() + 2 * sparse.bias.data.nbytes)
     dense_twin = 3 * (3072 * 1024 + 1024) * 4
     assert held / dense_twin < 0.05, held / dense_twin
@@ -220,7 +221,7 @@ def test_memory_is_proportional_to_nnz(host_rng):
 
 def test_sddmm_in_tiled_order_matches(host_rng):
     from tinyitop.sparse import SparseWeight
-    weight = SparseLinear(2000, 50, 0.02).weight_param
+    weight = SparseLinear(2000, 50, 0.02).weight
     left, right = host_rng.standard_normal((50, 16)), host_rng.standard_normal((2000, 16))
     order, rows, cols = weight.gather_plan()
     expected = (left @ right.T)[B.to_host(weight.rows()), B.to_host(weight.csr.indices)]

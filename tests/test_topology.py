@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tinyitop import SGD, SoftmaxCrossEntropy, TopologyUpdater, backend as B, layer_densities, mlp, prune_rate
+from tinyitop import SGD, SoftmaxCrossEntropy, TopologyUpdater, backend as B, layer_densities, mlp, prune_rate_at
 from tinyitop.explore import Exploration, ExploredSet
 from tinyitop.topology import sparse_layers, update_layer
 
@@ -55,7 +55,7 @@ def test_erk_for_convs_counts_kernel_dims():
 def test_update_invariants(any_backend, mode):
     model, opt, x, labels = _trained_model()
     layer = model.fc1
-    weight = layer.weight_param
+    weight = layer.weight
     exploration = Exploration(sparse_layers(model))
     layer.keep_dense_grad = mode == "gradient"
     for _ in range(3):
@@ -106,7 +106,7 @@ def test_update_invariants(any_backend, mode):
 def test_unexplored_growth_fills_the_layer_before_reusing():
     B.seed(3)
     model = mlp(10, (), 10, sparsity=0.8, init="uniform")    # one 10x10 layer, 20 weights
-    weight = model.fc1.weight_param
+    weight = model.fc1.weight
     exploration = Exploration(sparse_layers(model))
     explored = exploration.sets["fc1"]
     for _ in range(8):        # 20 initial + 8 x 10 fresh = all 100 positions
@@ -139,19 +139,19 @@ def _run(method, steps=60, interval=5, growth=None, sparsity=0.9):
     updater = TopologyUpdater(model, opt, exploration, method=method, growth=growth, update_interval=interval,
                               initial_prune_rate=0.5, total_steps=steps)
     history = [exploration.rs()]
-    nnz = {n: l.weight_param.nnz for n, l in sparse_layers(model).items()}
+    nnz = {n: l.weight.nnz for n, l in sparse_layers(model).items()}
     for step in range(1, steps + 1):
         _train_step(model, opt, x, labels, updater, step)
         if updater.maybe_update(step) is not None:
             history.append(exploration.rs())
-            assert {n: l.weight_param.nnz for n, l in sparse_layers(model).items()} == nnz
+            assert {n: l.weight.nnz for n, l in sparse_layers(model).items()} == nnz
     return model, exploration, history
 
 
 def test_rs_starts_at_density_and_never_decreases(any_backend):
     model, exploration, history = _run("set")
-    total = sum(l.weight_param.numel for l in sparse_layers(model).values())
-    nnz = sum(l.weight_param.nnz for l in sparse_layers(model).values())
+    total = sum(l.weight.numel for l in sparse_layers(model).values())
+    nnz = sum(l.weight.nnz for l in sparse_layers(model).values())
     assert history[0] == nnz / total                        # = 1 - sparsity, ERK-aware
     assert all(b >= a for a, b in zip(history, history[1:]))
     assert history[-1] > history[0]
@@ -175,9 +175,9 @@ def test_rigl_explores_less_than_set():
 
 
 def test_prune_rate_cosine():
-    assert prune_rate(0, 100, 0.5) == pytest.approx(0.5)
-    assert prune_rate(50, 100, 0.5) == pytest.approx(0.005 + 0.5 * 0.495)
-    assert prune_rate(100, 100, 0.5) == pytest.approx(0.005)
+    assert prune_rate_at(0, 100, 0.5) == pytest.approx(0.5)
+    assert prune_rate_at(50, 100, 0.5) == pytest.approx(0.005 + 0.5 * 0.495)
+    assert prune_rate_at(100, 100, 0.5) == pytest.approx(0.005)
 
 
 def test_bad_options_are_rejected():
@@ -213,8 +213,8 @@ def test_sparsify_keeps_named_layers_dense_and_out_of_rs():
     assert isinstance(getattr(model.layer1, "0").branch.conv1, SparseConv2d)
     layers = sparse_layers(model)
     assert "conv1" not in layers and "linear" not in layers and "layer4.1.conv2" in layers
-    total = sum(l.weight_param.numel for l in layers.values())
-    nnz = sum(l.weight_param.nnz for l in layers.values())
+    total = sum(l.weight.numel for l in layers.values())
+    nnz = sum(l.weight.nnz for l in layers.values())
     assert nnz / total == pytest.approx(0.1, abs=1e-4)       # the budget is over the sparse layers only
     assert Exploration(layers).rs() == pytest.approx(0.1, abs=1e-4)
     with pytest.raises(ValueError, match="names no layer"):
@@ -228,7 +228,7 @@ def test_blocked_gradient_growth_picks_the_same_positions_as_the_dense_gradient(
     from tinyitop.topology import grow, top_gradient_positions
     rng = np.random.default_rng(5)
     model = mlp(40, (), 30, sparsity=0.8, init="uniform")         # one 30x40 layer
-    weight = model.fc1.weight_param
+    weight = model.fc1.weight
     dout_t = B.to_device(rng.standard_normal((30, 16)).astype(np.float32))   # (out, M)
     x_t = B.to_device(rng.standard_normal((40, 16)).astype(np.float32))      # (in, M)
     kept = weight.flat_positions()[::2]

@@ -12,4 +12,4 @@ from tinyitop.explore import Exploration
 from tinyitop.init import layer_densities
 from tinyitop.models import sparsify
 from tinyitop.sparse import SparseConv2d, SparseLinear
-from tinyitop.topology import TopologyUpdater, prune_rate
+from tinyitop.topology import TopologyUpdater, prune_rate_at

@@ -13,7 +13,7 @@ from tinyitop import backend as B
 from tinyitop.init import active_count, layer_densities
 from tinyitop.layers import Conv2d, Linear
 from tinyitop.losses import SoftmaxCrossEntropy
-from tinyitop.topology import prune, sparse_layers
+from tinyitop.topology import survivors, sparse_layers
 
 
 def prunable_layers(model, dense_layers=()):
@@ -60,7 +60,7 @@ class GradualPruner:
     def __init__(self, model, optimizer, sparsity, init, start_step, end_step, interval):
         self.model, self.optimizer = model, optimizer
         self.layers = sparse_layers(model)
-        shapes = {name: layer.weight_param.shape for name, layer in self.layers.items()}
+        shapes = {name: layer.weight.shape for name, layer in self.layers.items()}
         self.final_density = layer_densities(shapes, 1 - sparsity, init)
         self.start_step, self.end_step, self.interval = start_step, max(end_step, start_step + 1), interval
 
@@ -76,11 +76,11 @@ class GradualPruner:
             return False
         pruned = False
         for name, layer in self.layers.items():
-            weight = layer.weight_param
+            weight = layer.weight
             keep = active_count(self.target_density(name, step), weight.numel)
             if keep >= weight.nnz:
                 continue
-            kept_slots = prune(weight, weight.nnz - keep)
+            kept_slots = survivors(weight, weight.nnz - keep)
             weight.set_topology(weight.flat_positions()[kept_slots], weight.data[kept_slots])
             self.optimizer.remap(weight, kept_slots)
             pruned = True

@@ -53,8 +53,8 @@ class Exploration:
     """Explored sets of every sparse layer of a model, and R_s in total and per layer."""
 
     def __init__(self, sparse_layers):
-        """sparse_layers: {name: layer with .weight_param} (see topology.sparse_layers)."""
-        self.sets = {name: ExploredSet(layer.weight_param.numel, layer.weight_param.flat_positions())
+        """sparse_layers: {name: layer with .weight} (see topology.sparse_layers)."""
+        self.sets = {name: ExploredSet(layer.weight.numel, layer.weight.flat_positions())
                      for name, layer in sparse_layers.items()}
 
     def record_update(self, name, kept, grown):

@@ -8,7 +8,7 @@ at each update. Biases, BN, ReLU and pooling are ignored on both sides of the ra
 """
 from tinyitop import backend as B
 from tinyitop.layers import Conv2d, Linear
-from tinyitop.sparse import SparseLinear
+from tinyitop.sparse import SparseLinear, SparseWeight
 
 
 def layer_costs(model, input_shape):
@@ -31,8 +31,8 @@ def layer_costs(model, input_shape):
 
 
 def _active_and_dense(module):
-    if hasattr(module, "weight_param"):
-        return module.weight_param.nnz, module.weight_param.numel
+    if isinstance(getattr(module, "weight", None), SparseWeight):
+        return module.weight.nnz, module.weight.numel
     numel = int(module.weight.data.size)
     return numel, numel
 

@@ -162,7 +162,7 @@ def sparsify(model, sparsity, init="erk", dense_layers=(), fan_in_scaling=False,
         new.astype(child.dtype())
         if masks is not None:
             positions = masks[names[id(child)]]
-            new.weight_param.set_topology(positions, child.weight.data.reshape(-1)[positions])
+            new.weight.set_topology(positions, child.weight.data.reshape(-1)[positions])
         setattr(owner, key, new)
     return model
 
@@ -175,7 +175,7 @@ def skip_input_gradient(model):
     weight gradients but not dL/dx, which nothing uses (PyTorch skips it the same way). That saves
     one product and one col2im per step; returns the layer's name."""
     for name, module in model.named_modules():
-        if isinstance(module, (Linear, Conv2d)) or hasattr(module, "weight_param"):
+        if isinstance(module, (Linear, Conv2d, SparseLinear)):
             module.input_grad = False
             return name
     return None
