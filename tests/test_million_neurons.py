@@ -44,8 +44,8 @@ def test_quick_run_reports_cost_result_and_dense_equivalent(tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     active = sum(metrics[-1]["nnz_per_layer"].values())
-    dense = 192 * 300 + 300 * 300 * 2 + 300 * 10                         # synthetic: 3x8x8 inputs
-    assert f"192-300-300-300-10 (900 hidden neurons)" in report
+    dense = 3072 * 300 + 300 * 300 * 2 + 300 * 10                        # synthetic: 3x32x32 inputs
+    assert "3072-300-300-300-10 (900 hidden neurons)" in report
     assert f"{active:,} of {dense:,}" in report
     assert f"{summary['last_test_acc']:.4f}" in report and "set (random growth)" in report
     assert f"{dense * 4 / 2 ** 30:,.1f} GiB" in report

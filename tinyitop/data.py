@@ -186,14 +186,19 @@ def load_fashion_mnist(data_dir=None):
     return Dataset("fashion-mnist", train_x, train_y, test_x, test_y, 10, FASHION_MEAN, FASHION_STD, augment=False)
 
 
-def make_synthetic(num_train=2000, num_test=500, num_classes=10, image_shape=(3, 8, 8), seed=0):
-    """A learnable toy set: each class is a random prototype image plus noise, as uint8."""
+def make_synthetic(num_train=4000, num_test=1000, num_classes=10, image_shape=(3, 32, 32), seed=0,
+                   label_noise=0.1):
+    """A learnable toy set shaped like CIFAR-10: each class is a random prototype image (one shared
+    image plus a faint class pattern) under heavy noise, as uint8. A `label_noise` fraction of the
+    labels is replaced by a random class, so no model separates it completely."""
     rng = np.random.default_rng(seed)
-    prototypes = rng.uniform(40, 215, size=(num_classes,) + tuple(image_shape))
+    prototypes = rng.uniform(40, 215, size=tuple(image_shape)) + rng.uniform(-12, 12, (num_classes,) + tuple(image_shape))
 
     def draw(n):
         y = rng.integers(0, num_classes, n)
-        x = prototypes[y] + rng.normal(0, 40, size=(n,) + tuple(image_shape))
+        x = prototypes[y] + rng.normal(0, 100, size=(n,) + tuple(image_shape))
+        relabel = rng.random(n) < label_noise
+        y[relabel] = rng.integers(0, num_classes, int(relabel.sum()))
         return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
     channels = image_shape[0]
     return Dataset("synthetic", *draw(num_train), *draw(num_test), num_classes,
@@ -274,7 +279,7 @@ def load_npz(path):
                    num_classes, mean, std, augment=False)
 
 
-def load(name, data_dir=None, synthetic_shape=(3, 8, 8)):
+def load(name, data_dir=None, synthetic_shape=(3, 32, 32)):
     """A Dataset by name, or from the user's .npz file; `synthetic_shape` sets the image shape of
     the synthetic set (e.g. 3x32x32 for the convolutional models)."""
     if is_npz(name):
@@ -411,4 +416,6 @@ def _device_batch(x_dev, index, draws, mean, std, pad_mode, pad=4):
         cols = xp.where(draws[2][:, None] == 1, cols[:, ::-1], cols)          # a flip reads columns backwards
         images = padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
                         rows[:, None, :, None], cols[:, None, None, :]]       # (N, C, H, W), one gather
-    return fused.normalise(images, mean, std)
+    if not fused.gpu():                          # the stand-in for CuPy on a CPU
+        return (images.astype(mean.dtype) / mean.dtype.type(255) - mean) / std
+    return fused.normalise(images, mean, std)    # GPU aside: the line above as one kernel (fused.py)
