@@ -41,3 +41,9 @@ def any_backend(request):
 @pytest.fixture
 def host_rng():
     return np.random.default_rng(1234)
+
+
+def pytest_configure(config):
+    """`pytest -q` ends with why tests were skipped (as -rs does), not only how many."""
+    if "s" not in config.option.reportchars and "a" not in config.option.reportchars:
+        config.option.reportchars += "s"

@@ -66,10 +66,11 @@ def training(run_dir, path=None):
     updates = read_jsonl(os.path.join(run_dir, "updates.jsonl"))
     epochs = [r["epoch"] for r in rows]
     fig, (acc_ax, rs_ax, p_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
-    acc_ax.plot(epochs, [r["train_acc"] for r in rows], label="train")
+    style = dict(marker="o", ms=3)                       # markers: a one-epoch run is a point, not a line
+    acc_ax.plot(epochs, [r["train_acc"] for r in rows], label="train", **style)
     if any(r["val_acc"] is not None for r in rows):      # none with --val-fraction 0
-        acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation")
-    acc_ax.plot(epochs, [r["test_acc"] for r in rows], label="test")
+        acc_ax.plot(epochs, [r["val_acc"] for r in rows], label="validation", **style)
+    acc_ax.plot(epochs, [r["test_acc"] for r in rows], label="test", **style)
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Learning curves")
     acc_ax.legend()
     acc_ax.grid(alpha=0.3)
@@ -83,7 +84,7 @@ def training(run_dir, path=None):
         reason = _no_update_reason(rows, run_dir)
         for ax in (rs_ax, p_ax):
             ax.text(0.5, 0.3, reason, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.35")
-    rs_ax.plot(epochs, [r["rs"] for r in rows], "k--", lw=1, label="R_s at epoch end")
+    rs_ax.plot(epochs, [r["rs"] for r in rows], "k--", lw=1, marker="o", ms=3, label="R_s at epoch end")
     rs_ax.set(xlabel="epoch", ylabel="explored fraction of all weights", title="ITOP rate R_s")
     rs_ax.legend(fontsize=8)
     rs_ax.grid(alpha=0.3)
@@ -92,7 +93,7 @@ def training(run_dir, path=None):
     fig.suptitle(run_title(run_dir), fontsize=11)
     fig.tight_layout()
     path = path or os.path.join(run_dir, "training.png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -109,7 +110,7 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     layers = sparse_layers(model)
     if layer_name not in layers:
         raise ValueError(f"{layer_name} is not a sparse layer of this model")
-    weight = layers[layer_name].weight_param
+    weight = layers[layer_name].weight
     n_out, n_cols = weight.shape
     if n_cols != int(np.prod(image_shape)):
         raise ValueError(f"{layer_name} has {n_cols} inputs, not an image of shape {image_shape}")
@@ -119,18 +120,17 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     possible = n_out * c                                                                 # per pixel
     now = np.bincount(active_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0) / possible     # (H, W)
     ever = np.bincount(explored_cols, minlength=n_cols).reshape(c, h, w).sum(axis=0) / possible  # (H, W)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1, 1, 0.06, 1.4]})
-    colour_axis, axes = axes[2], [axes[0], axes[1], axes[3]]
-    top = max(float(ever.max()), 1e-9)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     for ax, values, label in ((axes[0], now, "active now"), (axes[1], ever, "ever explored")):
-        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=top)
+        # Each map has its own scale: at high sparsity "active now" is far below "ever explored".
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(values.max()), 1e-12))
         ax.set_title(f"{layer_name}: {label}\n(mean {format_rs(values.mean())} of a pixel's {possible} connections)",
                      fontsize=10)
         ax.axis("off")
-    fig.colorbar(image, cax=colour_axis, label="fraction of the pixel's connections (one scale)")
-    names = [n for n in layers if layers[n].weight_param.density < 1]          # what can be explored
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the pixel's connections")
+    names = [n for n in layers if layers[n].weight.density < 1]          # what can be explored
     dense = [n for n in layers if n not in names]
-    active = [layers[n].weight_param.density for n in names]
+    active = [layers[n].weight.density for n in names]
     explored = [exploration_state.sets[n].count() / exploration_state.sets[n].numel for n in names]
     x = np.arange(len(names))
     bars_active = axes[2].bar(x - 0.2, active, 0.4, label="active (density)")
@@ -138,16 +138,17 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     axes[2].bar_label(bars_active, labels=[format_rs(v) for v in active], fontsize=7)   # 4 decimals, or
     axes[2].bar_label(bars_explored, labels=[format_rs(v) for v in explored], fontsize=7)   # 3 digits if tiny
     axes[2].set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
-    top_bar = max(explored + active + [1e-3])
-    axes[2].set(ylabel="fraction of the layer's weights", title="Sparse layers: active vs explored",
-                ylim=(0, min(1.05, top_bar * 1.25)))
+    # Log scale: layers differ by orders of magnitude (ERK gives small layers far higher densities).
+    axes[2].set_yscale("log")
+    axes[2].set(ylabel="fraction of the layer's weights (log scale)", title="Sparse layers: active vs explored",
+                ylim=(min(active + explored) / 3, min(1.0, max(explored + active)) * 4))
     if dense:
         axes[2].set_xlabel(f"not shown: {', '.join(dense)} (dense by ERK, always fully explored)", fontsize=8)
     axes[2].legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -174,17 +175,20 @@ def mask_evolution(run_dir, path=None, panels=6):
         picture[update["crop_active"]] = (0.1, 0.1, 0.1)                  # black: active
         picture[update["crop_grown"]] = (1.0, 0.5, 0.0)                   # orange: grown at this update
         ax.imshow(picture.reshape(rows, cols, 3), interpolation="nearest")
-        ax.set_title(f"update at iteration {update['iteration']}\nR_s {format_rs(update['rs'])}", fontsize=9)
+        number = updates.index(update) + 1
+        ax.set_title(f"update {number} of {len(updates)}\n(iteration {update['iteration']}), R_s {format_rs(update['rs'])}",
+                     fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']} rows 0-{rows - 1}", fontsize=9)
     axes[0][0].set_xlabel(f"inputs 0-{cols - 1}", fontsize=9)
-    fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']}, top-left {rows}x{cols} of its mask after updates: "
-                 f"black active, orange grown at that update, grey active after an earlier update (explored)",
-                 fontsize=9)
+    shown = ", ".join(str(updates.index(u) + 1) for u in chosen)
+    fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']}, top-left {rows}x{cols} of its mask after updates "
+                 f"{shown} of {len(updates)}: black active, orange grown at that update, grey active after an "
+                 f"earlier update (explored)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.84))
     path = path or os.path.join(run_dir, "mask_evolution.png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
