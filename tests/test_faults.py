@@ -346,7 +346,8 @@ def test_a_damaged_checkpoint_on_resume_is_one_line(tmp_path, capsys, content):
     (["--hidden", "0"], "layer sizes must be >= 1"), (["--hidden", "-5"], "layer sizes must be >= 1"),
     (["--hidden", "10,,20"], "comma-separated integers"), (["--dense-layers", "fc9"], "fc9"),
     (["--dense-layers", "fc1,fc2"], "no layer is left to be sparse"), (["--lr", "nan"], "finite"),
-    (["--dataset", "mnist"], "PATH.npz"),
+    (["--dataset", "mnist"], "PATH.npz"), (["--width", "0.5"], "an mlp's sizes are --hidden"),
+    (["--width", "0"], "width must be a positive number"), (["--width", "nan"], "width must be a positive number"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, args, fragment):
     argv = _train_args(tmp_path / "run") + args

@@ -99,3 +99,38 @@ def test_first_layer_skips_the_input_gradient_and_other_gradients_are_unchanged(
         grads.append({n: p.grad.copy() for n, p in model.named_parameters()})
     for name in grads[0]:
         np.testing.assert_array_equal(grads[0][name], grads[1][name])
+
+
+# ---- width: narrow conv nets ------------------------------------------------------------------------
+@pytest.mark.parametrize("factory", [vgg16, resnet18, resnet34, resnet50], ids=lambda f: f.__name__)
+def test_width_one_is_the_papers_network(factory):
+    assert factory(width=1.0).num_parameters() == PYTORCH_PARAMETER_COUNTS[factory]
+    assert [(n, p.shape) for n, p in factory(width=1.0).named_parameters()] == \
+        [(n, p.shape) for n, p in factory().named_parameters()]
+
+
+def test_quarter_width_scales_every_channel_count():
+    convs = [m for _, m in vgg16(width=0.25).named_modules() if isinstance(m, Conv2d)]
+    assert [m.out_channels for m in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert [convs[i].kernel_size for i in (6, 9, 12)] == [(1, 1)] * 3          # the 'C' layers stay 1x1
+    linears = [m for _, m in vgg16(width=0.25).named_modules() if isinstance(m, Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 128), (128, 128), (128, 10)]
+    stages = [m.out_channels for n, m in resnet18(width=0.25).named_modules()
+              if isinstance(m, Conv2d) and n.endswith(".conv2")]
+    assert stages == [16, 16, 32, 32, 64, 64, 128, 128]
+    # pinned: 16x fewer weights than width 1, give or take the biases and BatchNorm
+    assert vgg16(width=0.25).num_parameters() == 711_962 and resnet18(width=0.25).num_parameters() == 701_456
+
+
+@pytest.mark.parametrize("factory", [vgg16, resnet18], ids=lambda f: f.__name__)
+def test_any_width_keeps_at_least_one_channel_and_runs(factory):
+    model = factory(width=0.001)
+    assert min(m.out_channels for _, m in model.named_modules() if isinstance(m, Conv2d)) == 1
+    out = model.forward(B.to_device(np.zeros((2, 3, 32, 32), np.float32)))
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0, -0.5, float("nan"), float("inf"), "0.5"])
+def test_a_bad_width_is_a_clear_error(width):
+    with pytest.raises(ValueError, match="width must be a positive number"):
+        vgg16(width=width)

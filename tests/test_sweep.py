@@ -38,7 +38,7 @@ def test_every_shipped_config_expands_to_valid_train_commands():
     from tinyitop.cli import add_train_arguments
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    for name in sorted(os.listdir(EXPERIMENTS)):
+    for name in sorted(n for n in os.listdir(EXPERIMENTS) if n.endswith(".json")):
         for full in (False, True):
             spec, preset = load_config(os.path.join(EXPERIMENTS, name), full)
             check_runs(name, expand(preset))
@@ -115,3 +115,13 @@ def test_dataset_override_and_negated_flags_reach_the_train_commands(tmp_path, c
     assert "--no-augment" in train_command({"augment": False}, "out")
     assert "--augment" in train_command({"augment": True}, "out")
     assert not any("fan-in" in a for a in train_command({"fan_in_scaling": False}, "out"))
+
+
+def test_width_reaches_the_train_command_and_old_runs_read_as_width_one():
+    from tinyitop.config import changed_settings
+    args = train_command({"model": "vgg16", "width": 0.25, "method": "dense"}, "out")
+    assert args[args.index("--width") + 1] == "0.25"
+    saved = Config(model="vgg16").to_json()
+    del saved["width"]                                  # a run folder from before --width existed
+    assert changed_settings(saved, Config(model="vgg16")) == []
+    assert changed_settings(saved, Config(model="vgg16", width=0.5)) == [("width", 1.0, 0.5)]

@@ -1,0 +1,169 @@
+"""PyTorch twin of a tinyitop conv run: the same data, batches and settings, trained by PyTorch.
+
+A check of conv + BatchNorm (+ residual) training end to end: the twin of a reduced CIFAR-10 run
+(experiments/cifar10_vgg_methods.json) should end within about a point of tinyitop's test
+accuracy. The batches are tinyitop's own (same split, order, crops and flips, from the same seed);
+the weights, masks and growth draws are PyTorch's, so the two differ as two seeds do. SET here is
+the ITOP reference's way: a dense weight times a 0/1 mask, with ERK densities from tinyitop.init.
+Needs torch (a separate venv; never a tinyitop dependency):
+
+    python benchmarks/torch_conv_twin.py RUN_FOLDER [--threads 1]
+
+RUN_FOLDER is a finished tinyitop run (its summary.json gives every setting); the twin's epoch log
+and summary are printed as JSON lines and compared with the run's at the end.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+os.environ.setdefault("TINYITOP_BACKEND", "numpy")
+import numpy as np  # noqa: E402
+
+from tinyitop.data import batches, load, split_validation  # noqa: E402
+from tinyitop.init import layer_densities  # noqa: E402
+from tinyitop.models import scaled  # noqa: E402
+from tinyitop.optim import MultiStepLR  # noqa: E402
+from tinyitop.topology import prune_rate_at  # noqa: E402
+
+PLAN = [64, 64, "M", 128, 128, "M", 256, 256, "C256", "M", 512, 512, "C512", "M", 512, 512, "C512", "M"]
+
+
+def vgg16(nn, width, classes):
+    """tinyitop.models.vgg16 in PyTorch: 'vgg-c', classifier Linear -> ReLU -> BatchNorm1d."""
+    layers, cin = [], 3
+    for item in PLAN:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        kernel, cout = (1, scaled(int(item[1:]), width)) if isinstance(item, str) else (3, scaled(item, width))
+        layers += [nn.Conv2d(cin, cout, kernel, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        cin = cout
+    hidden = scaled(512, width)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * 4, hidden), nn.ReLU(), nn.BatchNorm1d(hidden),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.BatchNorm1d(hidden), nn.Linear(hidden, classes))
+
+
+class SetMasks:
+    """The reference's SET: masks at ERK densities; every Delta T, per layer, drop the k smallest
+    active |w| and grow k at random among the inactive, new weights and momentum at zero."""
+
+    def __init__(self, torch, weights, sparsity, generator):
+        self.torch, self.weights, self.generator = torch, weights, generator
+        densities = layer_densities({i: tuple(w.shape) for i, w in enumerate(weights)}, 1 - sparsity, "erk")
+        self.masks = []
+        for i, w in enumerate(weights):
+            mask = torch.zeros(w.numel(), dtype=torch.bool)
+            mask[torch.randperm(w.numel(), generator=generator)[:max(1, round(densities[i] * w.numel()))]] = True
+            self.masks.append(mask.view_as(w))
+        self.explored = [m.clone() for m in self.masks]
+        self.apply()
+
+    def apply(self):
+        with self.torch.no_grad():
+            for w, m in zip(self.weights, self.masks):
+                w.mul_(m)
+
+    def update(self, rate, optimizer):
+        torch = self.torch
+        with torch.no_grad():
+            for w, mask, explored in zip(self.weights, self.masks, self.explored):
+                active = mask.view(-1).nonzero().view(-1)
+                if active.numel() == w.numel():
+                    continue                                              # dense by ERK
+                k = math.ceil(rate * active.numel())
+                drop = active[torch.topk(w.view(-1)[active].abs(), k, largest=False).indices]
+                mask.view(-1)[drop] = False
+                free = (~mask.view(-1)).nonzero().view(-1)
+                grow = free[torch.randperm(free.numel(), generator=self.generator)[:k]]
+                mask.view(-1)[grow] = True
+                explored.view(-1)[grow] = True
+                w.view(-1)[grow] = 0
+                state = optimizer.state.get(w, {})
+                if "momentum_buffer" in state and state["momentum_buffer"] is not None:
+                    state["momentum_buffer"].view(-1)[grow] = 0
+                    state["momentum_buffer"].mul_(mask)
+        self.apply()
+
+    def rs(self):
+        return sum(int(e.sum()) for e in self.explored) / sum(e.numel() for e in self.explored)
+
+
+def evaluate(torch, model, x, y, data, batch_size):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in batches(x, y, batch_size, data.mean, data.std):
+            correct += int((model(torch.from_numpy(images)).argmax(1) == torch.from_numpy(labels)).sum())
+    model.train()
+    return correct / len(x)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a finished tinyitop run folder (summary.json)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+    except ImportError:
+        sys.exit("error: torch is not installed here: run this in a venv with torch (pip install torch)")
+    try:
+        with open(os.path.join(args.run, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {args.run} holds no readable summary.json of a finished run ({err})")
+    c = summary["config"]
+    if c["model"] != "vgg16" or c["method"] not in ("dense", "set"):
+        sys.exit(f"error: the twin trains vgg16 dense or set runs; {args.run} is {c['model']} {c['method']}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(c["seed"])
+    data = load(c["dataset"], c["data_dir"])
+    (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, c["val_fraction"], c["seed"])
+    if c["limit_train"]:
+        train_x, train_y = train_x[:c["limit_train"]], train_y[:c["limit_train"]]
+    model = vgg16(nn, c["width"], data.num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"], nesterov=True,
+                                weight_decay=c["weight_decay"])
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    sparse = SetMasks(torch, weights, c["sparsity"], torch.Generator().manual_seed(c["seed"])) \
+        if c["method"] == "set" else None
+    lr_at = MultiStepLR(c["lr"], c["epochs"], c["multiplier"])
+    data_rng = np.random.default_rng(c["seed"])
+    augment = data.augment if c["augment"] is None else c["augment"]
+    total = math.ceil(len(train_x) / c["batch_size"]) * c["epochs"] * c["multiplier"]
+    step, best = 0, (-1.0, None, None)
+    for epoch in range(c["epochs"] * c["multiplier"]):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch)
+        started = time.perf_counter()
+        for images, labels in batches(train_x, train_y, c["batch_size"], data.mean, data.std, data_rng, augment,
+                                      c["pad_mode"]):
+            step += 1
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels)).backward()
+            optimizer.step()
+            if sparse is not None:
+                sparse.apply()
+                if step % c["update_interval"] == 0 and step < total:
+                    sparse.update(prune_rate_at(step, total, c["prune_rate"]), optimizer)
+        val = evaluate(torch, model, val_x, val_y, data, c["batch_size"])
+        test = evaluate(torch, model, data.test_x, data.test_y, data, c["batch_size"])
+        if val > best[0]:
+            best = (val, epoch + 1, test)
+        print(json.dumps({"epoch": epoch + 1, "val_acc": val, "test_acc": test,
+                          "rs": sparse.rs() if sparse else 1.0, "seconds": time.perf_counter() - started}), flush=True)
+    result = {"twin_best_epoch": best[1], "twin_test_acc_at_best_val": best[2], "twin_last_test_acc": test,
+              "tinyitop_best_epoch": summary["best_epoch"], "tinyitop_test_acc_at_best_val": summary["test_acc_at_best_val"],
+              "tinyitop_last_test_acc": summary["last_test_acc"],
+              "difference_at_best_val": best[2] - summary["test_acc_at_best_val"]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
