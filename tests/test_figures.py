@@ -44,7 +44,7 @@ def test_a_run_without_updates_says_why_and_draws_no_mask_evolution(tmp_path, ca
 
 def test_mask_crop_is_the_layer_mask_inside_the_corner():
     model = mlp(60, (50,), 3, sparsity=0.8, init="uniform")
-    weight = sparse_layers(model)["fc1"].weight_param                   # (50, 60)
+    weight = sparse_layers(model)["fc1"].weight                   # (50, 60)
     dense_mask = np.zeros(50 * 60, dtype=bool)
     dense_mask[weight.flat_positions()] = True
     crop = mask_crop(weight, weight.flat_positions()[:5], size=48)
