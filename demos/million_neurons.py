@@ -33,7 +33,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop.cli import demo_main  # noqa: E402
 from tinyitop.metrics import format_rs, read_jsonl  # noqa: E402
-from tinyitop.rundir import atomic_write  # noqa: E402
+from tinyitop.rundir import atomic_write, claim  # noqa: E402
 from tinyitop.train import Config  # noqa: E402
 
 HIDDEN = 333_333                  # x 3 layers: 999,999 hidden neurons
@@ -108,6 +108,7 @@ def report(config, run):
     lines += [f"| {name} | {value} |" for name, value in table]
     text = "\n".join(lines) + "\n"
     path = os.path.join(config.out, "report.md")
+    claim(config.out, ["report.md"])                 # refuses to replace a report.md of the user's
     atomic_write(path, lambda f: f.write(text.encode()))
     print(text + f"report: {path}")
 

@@ -120,6 +120,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_pat
     out.mkdir()
     (out / "init.npz").write_bytes(b"from the killed run")       # a dense run writes this first
     (out / "metrics.jsonl").write_text('{"epoch": 1, "iter')
+    (out / ".tinyitop-run").write_text(json.dumps({"written": ["init.npz", "metrics.jsonl"]}))   # recorded first
     messages = []
     train(_config(tmp_path, method="dense", growth=None, sparsity=0.0, epochs=1, resume=True), log=messages.append)
     assert any("no checkpoint" in m for m in messages)
@@ -130,7 +131,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_clean(tmp_pat
 def test_lth_resumed_after_its_dense_twin_was_killed_before_a_checkpoint(tmp_path):
     (tmp_path / "run" / "dense").mkdir(parents=True)
     (tmp_path / "run" / "dense" / "init.npz").write_bytes(b"from the killed twin")
-    (tmp_path / "run" / "dense" / ".tinyitop-run").write_text(json.dumps({"claimed": ["init.npz", "metrics.jsonl"]}))
+    (tmp_path / "run" / "dense" / ".tinyitop-run").write_text(json.dumps({"written": ["init.npz", "metrics.jsonl"]}))
     run = train(_config(tmp_path, method="lth", growth=None, epochs=1, resume=True), log=lambda *_: None)
     assert (tmp_path / "run" / "dense" / "summary.json").exists() and run.summary["epochs"] == 1
 

@@ -11,6 +11,7 @@ from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
 from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
+from tinyitop.rundir import claim
 from tinyitop.train import TrainingInterrupted, train
 
 INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
@@ -159,7 +160,11 @@ def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.B
     try:
         action()
     except TrainingInterrupted as err:
-        how = f"; continue with: {resume_command}" if resume_command and err.checkpoint_epoch else ""
+        if resume_command and err.checkpoint_epoch:
+            how = f"; continue with: {resume_command}"
+        else:                                         # nothing to continue: the same command restarts it
+            how = f"; nothing was lost but this run's first epoch: start it again with: {resume_command}" \
+                if resume_command else ""
         print(f"{err}{how}", file=sys.stderr)
         return INTERRUPTED
     except KeyboardInterrupt as err:
@@ -194,8 +199,11 @@ def run_and_plot(config, plots=True):
     run = train(config)
     if plots:
         from tinyitop import plots as figures
+        pixel_map = config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets
+        updated = os.path.exists(os.path.join(config.out, "updates.jsonl"))
+        claim(config.out, ["training.png"] + ["exploration.png"] * pixel_map + ["mask_evolution.png"] * updated)
         print(f"figure: {figures.training(config.out)}")
-        if config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets:
+        if pixel_map:
             path = figures.exploration(run.model, run.exploration, run.data.image_shape,
                                        f"{config.out}/exploration.png", title=figures.run_title(config.out))
             print(f"figure: {path}")

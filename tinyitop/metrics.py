@@ -24,10 +24,15 @@ def _clean(value):
 
 
 class JsonLines:
-    def __init__(self, path):
-        self.path = path
+    """A JSON-lines log: one row per line, appended and fsynced. `before_create` runs before the file
+    is first created (the run folder records it as the run's)."""
+
+    def __init__(self, path, before_create=None):
+        self.path, self.before_create = path, before_create
 
     def append(self, row):
+        if self.before_create is not None and not os.path.exists(self.path):
+            self.before_create()
         with open(self.path, "a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
             f.flush()

@@ -99,6 +99,8 @@ def summarise(config, state, metrics, step, log):
                "train_flops_rel": rows[-1]["train_flops_rel"] + (1.0 if config.method.startswith("lth") else 0.0),
                "test_flops_rel": rows[-1]["test_flops_rel"],
                "epochs": config.total_epochs, "iterations": step, "config": config.to_json()}
+    if config.method == "gmp":      # an epoch before pruning ended has more weights than the model reported
+        summary["best_epoch_chosen_among"] = "epochs after pruning ended (at the final sparsity)"
     write_json(os.path.join(config.out, "summary.json"), summary)
     if no_val:
         log(f"no validation set: last epoch test acc {summary['last_test_acc']:.4f}; best test acc over epochs "
@@ -106,5 +108,6 @@ def summarise(config, state, metrics, step, log):
     else:
         log(f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}: "
             f"test acc {summary['test_acc_at_best_val']:.4f}; last epoch test acc {summary['last_test_acc']:.4f}; "
-            f"final R_s {format_rs(summary['final_rs'])}")
+            f"final R_s {format_rs(summary['final_rs'])}"
+            + (" (GMP: best epoch chosen among those at the final sparsity)" if config.method == "gmp" else ""))
     return summary

@@ -4,8 +4,8 @@ from tinyitop import checkpoint
 from tinyitop.config import changed_settings
 
 
-def check_resumable(folder, config, data_hash):
-    """Before any work: the checkpoint's settings and data must be this run's (one line if not)."""
+def check_resumable(folder, config, data_hash, steps_per_epoch):
+    """Before any work: the checkpoint's settings, data and loop state must be this run's (one line if not)."""
     meta = checkpoint.read_meta(folder.checkpoint)
     changed = [f"{k} ({old} -> {new})" for k, old, new in changed_settings(meta["config"], config)]
     if changed:
@@ -15,6 +15,11 @@ def check_resumable(folder, config, data_hash):
         raise ValueError(f"--resume: the data set {config.dataset} is not the one {folder.checkpoint} was trained "
                          f"on (content hash {meta['data_fingerprint']} then, {data_hash} now). Resume with the "
                          "same data, or start again with --overwrite")
+    epoch, step = meta["state"]["epoch"], meta["state"]["step"]
+    if epoch > config.total_epochs or step != epoch * steps_per_epoch:
+        raise ValueError(f"--resume: {folder.checkpoint} says it is after epoch {epoch} (iteration {step}), which "
+                         f"this run ({config.total_epochs} epochs of {steps_per_epoch} iterations) cannot reach: it "
+                         "is damaged or not this run's. Start again with --overwrite (or another --out)")
 
 
 def restore(folder, setup, data_rng, metrics, updates, log):
@@ -28,12 +33,22 @@ def restore(folder, setup, data_rng, metrics, updates, log):
     data_rng.bit_generator.state = meta["data_rng"]
     metrics.truncate(lambda row: row["epoch"] <= state["epoch"], log)
     updates.truncate(lambda row: row["iteration"] <= state["step"], log)
+    logged = [row.get("epoch") for row in metrics.read()]
+    if logged != list(range(1, state["epoch"] + 1)):     # every epoch the checkpoint holds, once, in order
+        raise ValueError(f"--resume: {metrics.path} holds epochs {_ranges(logged)} but {folder.checkpoint} is "
+                         f"after epoch {state['epoch']}: the log has lost or repeated rows, so the run's record "
+                         "would be wrong. Start again with --overwrite (or another --out)")
     log(f"resumed from {folder.checkpoint} after epoch {state['epoch']} (iteration {state['step']})")
     return state
 
 
+def _ranges(epochs):
+    return "none" if not epochs else ", ".join(str(e) for e in epochs[:12]) + (" ..." if len(epochs) > 12 else "")
+
+
 def save(folder, config, setup, state, data_hash, data_rng):
     """The atomic checkpoint after an epoch: everything `restore` needs to continue bit-identically."""
+    folder.claim("checkpoint.npz")
     checkpoint.save(folder.checkpoint, setup.model, setup.optimizer, setup.exploration,
                     {"config": config.to_json(), "data_fingerprint": data_hash, "state": state,
                      "backend_rng": B.rng_state(), "data_rng": data_rng.bit_generator.state})

@@ -5,9 +5,12 @@ demo's report.md, an LTH run's dense/ twin) into its --out folder. The rules tha
 - one writer at a time: an OS lock (flock) on OUT/.lock, released when the process dies;
 - a fresh run never mixes with an old one: it refuses a folder that holds a run unless told
   to --overwrite (then the old run's files go first, together) or to --resume it;
-- only what tinyitop wrote is ever deleted: a manifest (OUT/.tinyitop-run) lists the names a run
-  claimed; --overwrite removes those and nothing else, and a file of the user's that a run would
-  overwrite is refused, not replaced; a finished run is never wiped by --resume;
+- only what tinyitop wrote is ever deleted or replaced: a manifest (OUT/.tinyitop-run) lists each
+  file a run wrote, recorded just before it first writes it (`claim`); --overwrite removes those and
+  nothing else. A run-file name in the folder that no manifest accounts for (the user's own
+  training.png, say, or a folder without a manifest) is refused in one line, never replaced, unless
+  its content shows tinyitop wrote it (logs, checkpoint, summary); a finished run is never wiped by
+  --resume;
 - what a crash leaves behind is cleaned on the next start: orphan temporary files (named
   .NAME.tinyitop-partial-PID, matched exactly), and a torn last line of a JSON-lines log (dropped
   with a warning on resume);
@@ -24,7 +27,7 @@ RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json",
              "training.png", "exploration.png", "mask_evolution.png", "report.md")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
 LOCK_NAME = ".lock"
-MANIFEST_NAME = ".tinyitop-run"    # {"claimed": [names]}: what this folder's run may write and delete
+MANIFEST_NAME = ".tinyitop-run"    # {"written": [names]}: what this folder's run wrote (may delete)
 RUN_MARKERS = ("metrics.jsonl", "checkpoint.npz", "summary.json")   # a folder with one of these holds a run
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tinyitop-partial-\d+")
 
@@ -83,12 +86,54 @@ def _holds_run(folder):
     return any(os.path.exists(os.path.join(folder, n)) for n in RUN_MARKERS)
 
 
+def _manifest(folder):
+    """The folder's manifest as a dict ({} when absent or unreadable)."""
+    try:
+        with open(os.path.join(folder, MANIFEST_NAME)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _looks_like_ours(path):
+    """Whether a run-file name's content is a tinyitop run's: JSON-lines logs whose first row has
+    tinyitop's keys, a summary.json with its config and R_s, a checkpoint whose meta reads."""
+    name = os.path.basename(path)
+    keys = {"metrics.jsonl": {"epoch", "rs"}, "updates.jsonl": {"iteration", "rs"}, "summary.json": {"config", "final_rs"}}
+    try:
+        if name in keys:
+            with open(path, encoding="utf-8") as f:
+                first = json.loads(f.readline() if name.endswith(".jsonl") else f.read())
+            return isinstance(first, dict) and keys[name] <= set(first)
+        if name == "checkpoint.npz":
+            from tinyitop.checkpoint import read_meta
+            read_meta(path)
+            return True
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return False
+
+
+def claim(folder, names):
+    """`RunFolder.claim` for files written after the run's folder was closed (its figures, a demo's
+    report): refuses a name that exists and that the manifest does not record, then records it."""
+    manifest = _manifest(folder)
+    written = manifest.get("written") if isinstance(manifest.get("written"), list) else []
+    foreign = [n for n in names if n not in written and os.path.exists(os.path.join(folder, n))]
+    if foreign:
+        raise RunFolderError(f"{folder} holds {', '.join(foreign)}, which tinyitop did not write: not replaced; "
+                             "move it elsewhere and draw the figures again, or choose another --out")
+    write_json(os.path.join(folder, MANIFEST_NAME), {"written": written + [n for n in names if n not in written]})
+
+
 class RunFolder:
     """`RunFolder(out).open(resume, overwrite, log)` before training; the lock lives as long as the object."""
 
     def __init__(self, out):
         self.out = out
         self._lock_file = None
+        self._written = []
 
     def path(self, name):
         return os.path.join(self.out, name)
@@ -110,45 +155,56 @@ class RunFolder:
         self._lock_file = lock(self._lock_file, f"another run (PID {{pid}}) is writing to {self.out}: wait for it "
                                                 f"to finish or choose another --out")
         self._remove_temporary_files(log)
+        existing, owned = self.run_files(), self._owned()
+        foreign = [n for n in existing if n not in owned and not os.path.isdir(self.path(n))]
+        if foreign:
+            them = "them" if len(foreign) > 1 else "it"
+            raise RunFolderError(f"{self.out} holds {', '.join(foreign)}, which tinyitop did not write (no record "
+                                 f"in {MANIFEST_NAME}) and a run could replace: move {them} elsewhere, or choose "
+                                 f"another --out")
         if resume and os.path.exists(self.checkpoint):
+            self._written = [n for n in existing if n in owned]
+            write_json(self.path(MANIFEST_NAME), {"written": self._written})
             return True
-        existing = self.run_files()
         if existing and not (overwrite or resume):
             hint = "--resume to continue it or " if os.path.exists(self.checkpoint) else ""
             raise RunFolderError(f"{self.out} already holds a run ({', '.join(existing)}): use {hint}"
                                  f"--overwrite to replace it, or choose another --out")
         if resume and not overwrite:
             self._refuse_to_restart_a_logged_run()
-        owned = self._owned()
-        foreign = [n for n in existing if n not in owned and not os.path.isdir(self.path(n))]
-        if foreign:
-            raise RunFolderError(f"{self.out} holds {', '.join(foreign)}, which tinyitop did not write and a run "
-                                 f"would replace: move {'them' if len(foreign) > 1 else 'it'} or choose another --out")
-        # --overwrite, or --resume of a run killed before its first checkpoint: start clean. The
+        # --overwrite, or --resume of a run stopped before its first checkpoint: start clean. The
         # latter keeps LTH's dense twin, which resumes from its own checkpoint.
-        for name in existing if overwrite else [n for n in existing if n not in RUN_FOLDERS]:
-            if name not in owned:
-                continue                      # e.g. a dense/ folder of the user's: never ours to delete
+        kept = []
+        for name in existing:
+            if name not in owned or (name in RUN_FOLDERS and not overwrite):
+                kept += [name] if name in owned else []       # a dense/ folder of the user's: never ours
+                continue
             target = self.path(name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
-        claimed = [n for n in RUN_FILES + RUN_FOLDERS if n in owned or not os.path.exists(self.path(n))]
-        write_json(self.path(MANIFEST_NAME), {"claimed": claimed})
+        self._written = kept
+        write_json(self.path(MANIFEST_NAME), {"written": self._written})
         if resume:
             log(f"--resume: no checkpoint in {self.out}, starting from scratch")
         return False
 
+    def claim(self, name):
+        """Record `name` in the manifest before the run first writes it (so that --overwrite may later
+        remove it); a no-op once recorded. `open` has already refused any such file of the user's."""
+        if name not in self._written:
+            self._written = self._written + [name]
+            write_json(self.path(MANIFEST_NAME), {"written": self._written})
+
     def _owned(self):
-        """Names in this folder that a tinyitop run wrote: the files its manifest claims (for a
-        folder written before manifests existed: the run's files, if it holds a run), and dense/
-        only if it holds LTH's twin (its own manifest or run files), whoever made a folder of that name."""
-        try:
-            with open(self.path(MANIFEST_NAME)) as f:
-                claimed = set(json.load(f)["claimed"])
-        except (OSError, ValueError, KeyError, TypeError):
-            claimed = set(RUN_FILES) if _holds_run(self.out) else set()
+        """Names in this folder that a tinyitop run wrote: those its manifest records as written;
+        without one (or with an older manifest, which listed names in advance), only the logs,
+        checkpoint and summary whose content shows they are a tinyitop run's; and dense/ only if it
+        holds LTH's twin (its own manifest or run files), whoever made a folder of that name."""
+        written = _manifest(self.out).get("written")
+        if not isinstance(written, list):
+            written = [n for n in RUN_FILES if _looks_like_ours(self.path(n))]
         twins = {n for n in RUN_FOLDERS
                  if _holds_run(self.path(n)) or os.path.exists(os.path.join(self.path(n), MANIFEST_NAME))}
-        return (claimed - set(RUN_FOLDERS)) | twins
+        return (set(written) - set(RUN_FOLDERS)) | twins
 
     def _refuse_to_restart_a_logged_run(self):
         """--resume without a checkpoint restarts a run killed before its first one; a run that got
@@ -159,7 +215,9 @@ class RunFolder:
                 logged = sum(1 for line in f if line.endswith("\n"))
         except OSError:
             logged = 0
-        if finished or logged:
+        # One logged epoch and no checkpoint: stopped while writing its first checkpoint (the row is
+        # logged first), so there is nothing to continue and nothing of value lost: start clean.
+        if finished or logged > 1:
             what = "a finished run (summary.json)" if finished else f"a run with {logged} logged epoch(s)"
             raise RunFolderError(f"--resume: {self.out} holds {what} but no checkpoint.npz, so it cannot be "
                                  "continued; --overwrite replaces it (or choose another --out)")

@@ -84,7 +84,13 @@ def load_config(path, full=False):
 
 
 def check_runs(path, runs):
-    """Every run's settings are valid training options, checked before any run starts."""
+    """Every run's settings are valid training options and every run has a folder of its own,
+    checked before any run starts."""
+    ids = [run_id for run_id, _, _ in runs]
+    shared = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
+    if shared:
+        raise ValueError(f"{path}: {len(shared)} run folder(s) would be shared by several runs ({', '.join(shared)}): "
+                         "two variants have the same label, or a grid lists a value twice; make them distinct")
     for run_id, _, settings in runs:
         try:
             Config(**resolved(settings)).validate()
@@ -104,8 +110,8 @@ def check_plot(path, plot, runs):
         if plot.get(key) is not None and plot[key] not in columns:
             raise ValueError(f"{path}: plot \"{key}\" is {plot[key]!r}, but the runs vary only in "
                              f"{sorted(columns) or 'nothing but the seed'} (the seed is averaged over)")
-    metrics = plot.get("y", [])
-    if not isinstance(metrics, list) or set(metrics) - set(METRICS):
+    metrics = plot.get("y", ["test_acc_at_best_val"])
+    if not isinstance(metrics, list) or not metrics or set(metrics) - set(METRICS):
         raise ValueError(f"{path}: plot \"y\" must be a list of {', '.join(METRICS)}; got {metrics!r}")
 
 
@@ -183,6 +189,16 @@ def train_command(settings, out):
     return args
 
 
+def _stop_with_parent():
+    """In a worker, before it starts (Linux): the kernel sends it SIGTERM when the sweep process dies,
+    even by kill -9, so no run trains on as an orphan. It stops as on Ctrl-C, keeping its checkpoint."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                                                                 # not Linux: no such guard
+
+
 class _Workers:
     """Runs train commands as child processes; `stop()` (Ctrl-C) starts no new run and stops the
     running ones with SIGINT, so each keeps its last checkpoint and the sweep resumes later."""
@@ -203,7 +219,8 @@ class _Workers:
             with self._lock:
                 if self.stopping.is_set():
                     return None, 0.0
-                process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           preexec_fn=_stop_with_parent)
                 self.running.add(process)
             code = process.wait()
             with self._lock:
@@ -229,6 +246,8 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     """Run (or only aggregate) a sweep; `dataset` replaces the preset's data set (e.g. the user's npz),
     and the folder name then says which data the results are on. Raises SweepFailed if runs failed,
     KeyboardInterrupt (saying how to continue, `continue_command`) on Ctrl-C."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     spec, preset = load_config(config_path, full)
     folder = os.path.join(root, spec["name"] + ("-full" if full else ""))
     if dataset is not None:
@@ -249,7 +268,14 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     with _sweep_lock(folder):
         if not aggregate_only:
             failed = _run_all(spec, folder, commands, workers, continue_command)
-        rows = aggregate(spec, folder, commands, failed)
+        unfinished = [c[0] for c in commands if c[0] not in failed
+                      and not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
+        rows = aggregate(spec, folder, commands, {**failed, **{run_id: "not finished" for run_id in unfinished}})
+    if unfinished:
+        raise SweepFailed(f"{len(unfinished)} of {len(commands)} runs have not finished ({', '.join(unfinished[:3])}"
+                          f"{' and more' if len(unfinished) > 3 else ''}): the results hold the others only, with "
+                          "fewer seeds where a group lacks some (marked in results.md); run the sweep without "
+                          "--aggregate to finish them")
     if failed:
         listing = "; ".join(f"{run_id} (log: {os.path.join(folder, run_id, 'log.txt')})" for run_id in failed)
         raise SweepFailed(f"{len(failed)} of {len(commands)} runs failed: {listing}. Their points are missing "
@@ -348,14 +374,15 @@ def aggregate(spec, folder, commands, failed=None):
     atomic_write(os.path.join(folder, "results.csv"), lambda f: f.write(text.getvalue().encode()))
     table = markdown_table(rows)
     if failed:
-        table += (f"\n**{len(failed)} failed run(s), missing from the table above:** " +
-                  ", ".join(f"`{run_id}` (exit {code}, {run_id}/log.txt)" for run_id, code in failed.items()) + "\n")
+        table += (f"\n**{len(failed)} failed run(s) or unfinished ones, missing from the table above:** " +
+                  ", ".join(f"`{run_id}` ({code if isinstance(code, str) else f'exit {code}'}, {run_id}/log.txt)"
+                            for run_id, code in failed.items()) + "\n")
     atomic_write(os.path.join(folder, "results.md"), lambda f: f.write(table.encode()))
     if spec.get("plot"):
         from tinyitop.plots import sweep_figure
         title = spec.get("title", spec["name"])
         if failed:
-            title += f"\n({len(failed)} failed run(s) missing: {', '.join(failed)})"
+            title += f"\n({len(failed)} failed or unfinished run(s) missing: {', '.join(failed)})"
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
         from tinyitop.plots import sweep_curves
         names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"][0]

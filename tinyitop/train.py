@@ -86,23 +86,19 @@ def _train(config, folder, resuming, log, on_epoch_end):
     """Data, method set-up and resume, then the epochs: train_epoch, evaluation, logs, checkpoint."""
     B.seed(config.seed)
     data = load(config.dataset, config.data_dir)
-    (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, config.val_fraction,
-                                                          config.seed)
-    if config.limit_train is not None:
-        train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
-    if len(train_x) < 2:
-        raise ValueError(f"--val-fraction {config.val_fraction} leaves {len(train_x)} of {len(data.train_x)} "
-                         "training images to train on: lower it (or bring more data)")
+    (train_x, train_y), (val_x, val_y) = _split(config, data)
     check_memory(config, data)
     data_hash = fingerprint(data)
     if resuming:
-        resume.check_resumable(folder, config, data_hash)
+        resume.check_resumable(folder, config, data_hash, -(-len(train_x) // config.batch_size))
     setup = set_up(config, data, train_x, train_y, log)
     if config.method == "dense" and not resuming:
+        folder.claim("init.npz")
         checkpoint.save_parameters(folder.path("init.npz"), setup.model)   # for LTH's rewind
     augment = data.augment if config.augment is None else config.augment
     data_rng = np.random.default_rng(config.seed)
-    metrics, updates = JsonLines(folder.path("metrics.jsonl")), JsonLines(folder.path("updates.jsonl"))
+    metrics, updates = (JsonLines(folder.path(name), lambda name=name: folder.claim(name))
+                        for name in ("metrics.jsonl", "updates.jsonl"))
     state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None,
              "train_flops": 0.0, "dense_train_flops": 0.0}
     if resuming:
@@ -123,7 +119,8 @@ def _train(config, folder, resuming, log, on_epoch_end):
             check_finite(train_loss, epoch, state, folder)
             val = evaluate(setup.model, val_x, val_y, data, config.batch_size, config.progress, "validation")
             test = evaluate(setup.model, data.test_x, data.test_y, data, config.batch_size, config.progress, "test")
-            if val[1] is not None and val[1] > state["best_val_acc"]:
+            final_sparsity = setup.pruner is None or step >= setup.pruner.end_step    # GMP: pruning is over
+            if val[1] is not None and val[1] > state["best_val_acc"] and final_sparsity:
                 state.update(best_val_acc=val[1], best_epoch=epoch + 1, best_test_acc=test[1])
             row = epoch_row(config, setup, epoch, step, last_rate, (train_loss, train_acc), val, test,
                             train_seconds, time.perf_counter() - started, len(train_x))
@@ -137,8 +134,21 @@ def _train(config, folder, resuming, log, on_epoch_end):
                 on_epoch_end(epoch + 1)
     except KeyboardInterrupt:
         raise TrainingInterrupted(folder.checkpoint, state["epoch"]) from None
+    folder.claim("summary.json")
     summary = summarise(config, state, metrics, step, log)
     return Run(summary, setup.model, setup.exploration, data)
+
+
+def _split(config, data):
+    """(train, validation) sets: a fixed random val_fraction held out, then --limit-train."""
+    (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, config.val_fraction,
+                                                          config.seed)
+    if config.limit_train is not None:
+        train_x, train_y = train_x[:config.limit_train], train_y[:config.limit_train]
+    if len(train_x) < 2:
+        raise ValueError(f"--val-fraction {config.val_fraction} leaves {len(train_x)} of {len(data.train_x)} "
+                         "training images to train on: lower it (or bring more data)")
+    return (train_x, train_y), (val_x, val_y)
 
 
 def _log_start(config, data, setup, n_train, n_val, log):

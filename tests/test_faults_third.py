@@ -1,0 +1,185 @@
+"""The third fault hunt: a run deletes or replaces only what it wrote; a run stopped at any moment
+resumes or restarts clean; silently wrong results are refused or correct."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tinyitop.cli import main as cli_main
+from tinyitop.metrics import read_jsonl
+from tinyitop.train import Config, train
+
+MINE = b"the user's own file"
+
+
+def _args(out, *extra):
+    return ["train", "--dataset", "synthetic", "--hidden", "16", "--epochs", "2", "--update-interval", "5",
+            "--lr", "0.05", "--sparsity", "0.8", "--out", str(out), "--no-progress", *extra]
+
+
+def _cli(capsys, args):
+    code = cli_main(args)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _config(tmp_path, **overrides):
+    settings = dict(dataset="synthetic", hidden=(16,), epochs=3, update_interval=5, lr=0.05, sparsity=0.8,
+                    out=str(tmp_path / "run"), progress=False)
+    return Config(**{**settings, **overrides})
+
+
+# ---- data loss: a run deletes or replaces only files it wrote itself --------------------------------
+
+@pytest.mark.parametrize("again", [["--overwrite"], ["--resume", "--epochs", "3"]])
+def test_users_figure_and_report_saved_after_a_no_plots_run_survive(tmp_path, capsys, again):
+    out = tmp_path / "run"
+    assert cli_main(_args(out, "--no-plots")) == 0
+    for name in ("training.png", "report.md"):
+        (out / name).write_bytes(MINE)
+    code, err = _cli(capsys, _args(out, *again))
+    assert code == 2 and len(err) == 1 and "training.png" in err[0] and "move" in err[0]
+    assert (out / "training.png").read_bytes() == MINE and (out / "report.md").read_bytes() == MINE
+
+
+def test_without_its_manifest_a_run_deletes_only_what_its_content_shows_it_wrote(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_args(out, "--no-plots")) == 0
+    os.remove(out / ".tinyitop-run")
+    (out / "training.png").write_bytes(MINE)
+    code, err = _cli(capsys, _args(out, "--overwrite"))
+    assert code == 2 and "training.png" in err[0] and (out / "training.png").read_bytes() == MINE
+    os.remove(out / "training.png")                                 # the user moves it: now the logs,
+    assert cli_main(_args(out, "--overwrite", "--no-plots")) == 0    # checkpoint and summary read as ours
+
+
+def test_a_folder_holding_only_the_users_summary_is_not_a_run(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.json").write_text('{"my": "results"}')
+    code, err = _cli(capsys, _args(out, "--overwrite"))
+    assert code == 2 and "summary.json" in err[0] and (out / "summary.json").read_text() == '{"my": "results"}'
+
+
+def test_a_run_with_figures_is_replaced_whole_by_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(_args(out)) == 0                                # figures drawn and recorded
+    assert (out / "training.png").exists()
+    written = json.loads((out / ".tinyitop-run").read_text())["written"]
+    assert {"training.png", "checkpoint.npz", "metrics.jsonl", "summary.json"} <= set(written)
+    assert "report.md" not in written and "init.npz" not in written     # only what it wrote
+    assert cli_main(_args(out, "--overwrite", "--epochs", "1")) == 0
+    assert [r["epoch"] for r in read_jsonl(str(out / "metrics.jsonl"))] == [1]
+
+
+# ---- a run interrupted at any moment resumes or restarts clean --------------------------------------
+
+def test_a_run_stopped_while_writing_its_first_checkpoint_restarts_clean(tmp_path, monkeypatch):
+    from tinyitop import checkpoint
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save", killed)                 # the row is logged, the checkpoint not
+    with pytest.raises(Exception, match="before the first checkpoint"):
+        train(_config(tmp_path), log=lambda *_: None)
+    assert len(read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))) == 1
+    monkeypatch.undo()
+    messages = []
+    run = train(_config(tmp_path, resume=True), log=messages.append)
+    assert any("starting from scratch" in m for m in messages) and run.summary["epochs"] == 3
+    assert [r["epoch"] for r in read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))] == [1, 2, 3]
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_how_to_start_again(tmp_path, capsys, monkeypatch):
+    from tinyitop import checkpoint
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save", killed)
+    code = cli_main(_args(tmp_path / "run", "--no-plots"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and "start it again with:" in err[0] and "--resume" in err[0]
+
+
+# ---- silently wrong results --------------------------------------------------------------------------
+
+def test_gmp_reports_only_epochs_at_its_final_sparsity(tmp_path):
+    run = train(_config(tmp_path, method="gmp", growth=None, epochs=5, sparsity=0.99, update_interval=1),
+                log=lambda *_: None)
+    rows = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    final = rows[-1]["nnz_per_layer"]
+    assert rows[run.summary["best_epoch"] - 1]["nnz_per_layer"] == final           # the reported model's
+    assert any(r["nnz_per_layer"] != final for r in rows)                           # earlier epochs were denser
+    assert "final sparsity" in run.summary["best_epoch_chosen_among"]
+
+
+def _kill_after(epoch):
+    def crash(done):
+        if done == epoch:
+            raise KeyboardInterrupt
+    return crash
+
+
+def test_a_checkpoint_claiming_more_epochs_than_the_run_has_is_refused(tmp_path):
+    with pytest.raises(Exception):
+        train(_config(tmp_path), log=lambda *_: None, on_epoch_end=_kill_after(1))
+    path = tmp_path / "run" / "checkpoint.npz"
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["state"]["epoch"], meta["state"]["step"] = 1000, 1000 * meta["state"]["step"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="after epoch 1000"):
+        train(_config(tmp_path, resume=True), log=lambda *_: None)
+
+
+def test_a_log_that_lost_an_epoch_the_checkpoint_holds_is_refused(tmp_path):
+    with pytest.raises(Exception):
+        train(_config(tmp_path), log=lambda *_: None, on_epoch_end=_kill_after(2))
+    path = tmp_path / "run" / "metrics.jsonl"
+    lines = path.read_text().splitlines(True)
+    path.write_text(lines[0] + lines[1][:30])                      # epoch 2's row damaged
+    with pytest.raises(ValueError, match=r"holds epochs 1 but .* after epoch 2"):
+        train(_config(tmp_path, resume=True), log=lambda *_: None)
+
+
+def _spec(tmp_path, **preset):
+    spec = {"name": "dup", "reduced": {"base": {"dataset": "synthetic", "hidden": [16], "epochs": 1,
+                                                 "sparsity": 0.8, "update_interval": 5}, **preset}}
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize("preset", [{"grid": {"seed": [0, 0]}},
+                                    {"variants": [{"label": "a", "lr": 0.1}, {"label": "a", "lr": 0.2}]}])
+def test_sweep_runs_that_would_share_a_folder_are_refused(tmp_path, capsys, preset):
+    code, err = _cli(capsys, ["sweep", _spec(tmp_path, **preset), "--root", str(tmp_path / "runs")])
+    assert code == 2 and len(err) == 1 and "would be shared" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_aggregate_with_unfinished_runs_fails_and_names_them(tmp_path, capsys):
+    spec = _spec(tmp_path, grid={"seed": [0, 1]})
+    run = train(Config(dataset="synthetic", hidden=(16,), epochs=1, sparsity=0.8, update_interval=5, seed=0,
+                       out=str(tmp_path / "runs" / "dup" / "seed=0"), progress=False), log=lambda *_: None)
+    assert run.summary
+    code, err = _cli(capsys, ["sweep", spec, "--root", str(tmp_path / "runs"), "--aggregate"])
+    assert code == 2 and "1 of 2 runs have not finished" in err[-1] and "seed=1" in err[-1]
+    assert "seed=1" in (tmp_path / "runs" / "dup" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [(["--workers", "-3"], "--workers must be at least 1")])
+def test_bad_sweep_options_are_one_line(tmp_path, capsys, args, fragment):
+    code, err = _cli(capsys, ["sweep", _spec(tmp_path, grid={"seed": [0]}), "--root", str(tmp_path / "r"), *args])
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+
+
+def test_an_empty_plot_y_list_is_refused_before_any_run(tmp_path, capsys):
+    path = _spec(tmp_path, grid={"lr": [0.1, 0.2]})
+    spec = json.loads(open(path).read())
+    spec["plot"] = {"x": "lr", "y": []}
+    open(path, "w").write(json.dumps(spec))
+    code, err = _cli(capsys, ["sweep", path, "--root", str(tmp_path / "runs")])
+    assert code == 2 and 'plot "y"' in err[0] and not (tmp_path / "runs").exists()
