@@ -183,3 +183,34 @@ def test_an_empty_plot_y_list_is_refused_before_any_run(tmp_path, capsys):
     open(path, "w").write(json.dumps(spec))
     code, err = _cli(capsys, ["sweep", path, "--root", str(tmp_path / "runs")])
     assert code == 2 and 'plot "y"' in err[0] and not (tmp_path / "runs").exists()
+
+
+def test_sweep_workers_stop_when_the_sweep_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = {"name": "orphans", "reduced": {"base": {"dataset": "synthetic", "hidden": [16], "epochs": 500,
+                                                     "sparsity": 0.8, "update_interval": 5}, "grid": {"seed": [0]}}}
+    (tmp_path / "o.json").write_text(json.dumps(spec))
+    sweep = subprocess.Popen([sys.executable, "-m", "tinyitop", "sweep", str(tmp_path / "o.json"), "--root",
+                              str(tmp_path / "runs"), "--workers", "1"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=root, TINYITOP_BACKEND="numpy"))
+    lock = tmp_path / "runs" / "orphans" / "seed=0" / ".lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    worker = int(lock.read_text())                                 # the training run writes its PID there
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the sweep's worker kept training after the sweep was killed")
