@@ -21,7 +21,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from bench_layers import median_ms  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
+from bench_layers import median_ms  # noqa: E402
+from bench_options import Parser, fail, positive_int, writable_file  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
 from tinyitop.sparse import random_sparse_weight  # noqa: E402
 from tinyitop.sparse_kernels import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
@@ -71,19 +72,29 @@ def crossover(densities, sparse_ms, dense_ms):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--plot", default=None, help="write the time-vs-density figure here (PNG)")
-    parser.add_argument("--shapes", type=int, default=None, help="only the first N shapes (a quick look)")
+    parser.add_argument("--shapes", type=positive_int, default=None, help="only the first N shapes (a quick look)")
     parser.add_argument("--replot", default=None, help="draw --plot from this benchmark's saved output instead")
     parser.add_argument("--columns", action="store_true",
                         help="one shape at two densities as the column count M grows (the CPU's cache step)")
     args = parser.parse_args()
+    if args.plot or args.replot:
+        writable_file(args.plot or "breakeven.png", "--plot")
+    if args.replot:
+        if not os.path.isfile(args.replot):
+            fail(f"--replot {args.replot} is not a file (give a saved output of this benchmark)")
+        try:
+            title, results = read_table(args.replot)
+        except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+            title, results = None, None
+        if not results:
+            fail(f"--replot {args.replot} holds no table of this benchmark (save its output with > FILE)")
     if args.columns:
         return column_sweep(args.repeats)
     if args.replot:
-        title, results = read_table(args.replot)
         backend = "cupy" if title.startswith("backend: cupy") else "numpy"
         return plot(results, args.plot or "breakeven.png", title, backend)
     print(B.describe(), f"| batch {args.batch} | float32 | ms, median of {args.repeats}")

@@ -14,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop import backend as B
+from bench_options import Parser, positive_int
 from tinyitop.layers import Conv2d, Linear
 
 
@@ -79,9 +80,9 @@ def bench_conv(batch, channels_in, channels_out, size, stride, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=128)
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=128)
     args = parser.parse_args()
     print(B.describe())
     print(f"{'layer':44s} {'tinyitop ms':>12s} {'floor ms':>10s} {'ratio':>7s}  goal")

@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_breakeven import time_products  # noqa: E402
+from bench_options import Parser, choices_list, positive_int  # noqa: E402
 from tinyitop import backend as B, mlp  # noqa: E402
 from tinyitop.models import resnet18, sparsify, vgg16  # noqa: E402
 from tinyitop.topology import sparse_layers  # noqa: E402
@@ -36,10 +37,11 @@ def layer_columns(model, input_shape):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlp,vgg16,resnet18")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,vgg16,resnet18", help="comma-separated: mlp, vgg16, resnet18")
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
+    args.models = ",".join(choices_list(args.models, ("mlp", "vgg16", "resnet18"), "--models"))
     print(B.describe(), "| ms per product, median | ratio = chosen path / faster path")
     worst = []
     for name in args.models.split(","):

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from bench_options import Parser, fail, positive_int
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,17 +28,22 @@ def peak_of_run(method, hidden, sparsity, dataset, out):
             "--epochs", "1", "--update-interval", "5", "--out", out, "--no-progress", "--no-plots"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    subprocess.run(args, check=True, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:                    # the training run's own one-line error, not a traceback here
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        fail(f"the {method} run failed: {lines[-1].removeprefix('error: ')}")
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return (peak if peak > before else float("nan")) / 1024, seconds
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=20000)
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=positive_int, default=20000)
     parser.add_argument("--sparsity", type=float, default=0.999)
     args = parser.parse_args()
+    if not 0 < args.sparsity < 1:
+        fail(f"--sparsity must be in (0, 1), got {args.sparsity}")
     with tempfile.TemporaryDirectory() as scratch:
         dataset = "fashion-mnist"
         if not os.path.exists("/usr/share/datasets/fashion-mnist"):

@@ -31,6 +31,7 @@ from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.models import resnet18, skip_input_gradient, sparsify, vgg16  # noqa: E402
 from tinyitop.sparse import SPARSE_TYPES  # noqa: E402
+from bench_options import Parser, fail  # noqa: E402
 from tinyitop.topology import TopologyUpdater, sparse_layers  # noqa: E402
 
 CONV_MODELS = {"resnet18": resnet18, "vgg16": vgg16}
@@ -154,14 +155,20 @@ def table(title, rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer steps; skips the wide dense baseline's repeats")
     parser.add_argument("--sections", default="ABCD", help="which tables to run (default: ABCD)")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column even if torch imports")
     args = parser.parse_args()
     if args.one:
-        return one(json.loads(args.one))
+        try:
+            spec = json.loads(args.one)
+        except ValueError:
+            fail(f"--one {args.one!r} is not a JSON workload (it is this benchmark's internal option)")
+        return one(spec)
+    if not args.sections or set(args.sections) - set("ABCD"):
+        fail(f"--sections {args.sections!r}: give one or more of the letters A, B, C, D (e.g. AB)")
     print(B.describe(), f"| {os.cpu_count()} cores | ratios are what matter")
     gpu = B.name == "cupy"
     steps = (20 if gpu else 5) if args.quick else (100 if gpu else 20)

@@ -108,19 +108,23 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        with open(os.path.join(args.run, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as err:
+        print(f"error: {args.run} holds no readable summary.json of a finished run ({err})", file=sys.stderr)
+        raise SystemExit(2)
+    c = summary["config"]
+    if c["model"] != "vgg16" or c["method"] not in ("dense", "set"):
+        print(f"error: the twin trains vgg16 dense or set runs; {args.run} is {c['model']} {c['method']}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    try:
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
     except ImportError:
-        sys.exit("error: torch is not installed here: run this in a venv with torch (pip install torch)")
-    try:
-        with open(os.path.join(args.run, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {args.run} holds no readable summary.json of a finished run ({err})")
-    c = summary["config"]
-    if c["model"] != "vgg16" or c["method"] not in ("dense", "set"):
-        sys.exit(f"error: the twin trains vgg16 dense or set runs; {args.run} is {c['model']} {c['method']}")
+        print("error: torch is not installed here: run this in a venv with torch (pip install torch)", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(args.threads)
     torch.manual_seed(c["seed"])
     data = load(c["dataset"], c["data_dir"])

@@ -3,11 +3,19 @@
 `masked` trains the way the ITOP reference does: a dense weight times a fixed 0/1 mask in the
 forward pass, the mask re-applied to the weight after each SGD step. Imported only when torch is.
 """
+import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError:
+    if __name__ == "__main__":               # run by hand, e.g. with --help
+        print("error: benchmarks/torch_reference.py holds the PyTorch twins that bench_sparse.py adds as a "
+              "column when torch imports; it needs torch (pip install torch in a separate venv)", file=sys.stderr)
+        sys.exit(2)
+    raise
 
 VGG_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, "C256", "M", 512, 512, "C512", "M", 512, 512, "C512", "M"]
 
@@ -95,3 +103,8 @@ def step_ms(model, input_shape, classes, steps, device, densities=None):
         one()
     sync()
     return 1e3 * (time.perf_counter() - start) / steps
+
+
+if __name__ == "__main__":
+    print(__doc__.strip())
+    print("Used by benchmarks/bench_sparse.py (the PyTorch column); nothing to run on its own.")

@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop import backend as B  # noqa: E402
+from tinyitop.cli import check_environment  # noqa: E402
 from tinyitop.data import make_synthetic, normalise  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.losses import SoftmaxCrossEntropy  # noqa: E402
@@ -180,6 +181,11 @@ def main(argv=None):
     parser.add_argument("--growth", choices=("random", "gradient", "unexplored"), default="random")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        check_environment()                   # TINYITOP_BACKEND / TINYITOP_THREADS: one line if bad
+    except (B.BackendError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run(args.growth, args.seed)
     return 0
 

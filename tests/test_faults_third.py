@@ -214,3 +214,60 @@ def test_sweep_workers_stop_when_the_sweep_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the sweep's worker kept training after the sweep was killed")
+
+
+# ---- files tinyitop reads: one line that names the file and says what to do ---------------------------
+
+def _npz(path, **arrays):
+    rng = np.random.default_rng(0)
+    base = dict(train_x=rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8), train_y=np.arange(12) % 2,
+                test_x=rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8), test_y=np.arange(6) % 2)
+    np.savez(path, **{**base, **arrays})
+    return str(path)
+
+
+@pytest.mark.parametrize("given", ["mean", "std"])
+def test_npz_with_mean_or_std_alone_is_refused_not_half_ignored(tmp_path, given):
+    from tinyitop import data
+    path = _npz(tmp_path / "half.npz", **{given: np.array([0.5, 0.5, 0.5])})
+    with pytest.raises(data.DatasetError, match=f"has {given} but no") as err:
+        data.load(path)
+    assert path in str(err.value)
+
+
+def test_a_folder_given_as_npz_says_it_is_a_folder(tmp_path):
+    from tinyitop import data
+    (tmp_path / "images.npz").mkdir()
+    with pytest.raises(data.DatasetError, match="is a folder, not an .npz file"):
+        data.load(str(tmp_path / "images.npz"))
+
+
+def test_pack_images_refuses_colour_statistics_for_grey_images(tmp_path, capsys):
+    from PIL import Image
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            folder = tmp_path / "grey" / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((6, 6), 100, np.uint8), mode="L").save(folder / "0.png")
+    code = cli_main(["pack-images", str(tmp_path / "grey"), str(tmp_path / "g.npz"), "--normalise-as", "cifar10"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]   # not the bars
+    assert code == 2 and len(err) == 1 and "3 channels" in err[0] and "have 1" in err[0]
+    assert not (tmp_path / "g.npz").exists()
+
+
+@pytest.mark.parametrize("command, env", [
+    (["-m", "tinyitop", "train", "--help"], {"TINYITOP_THREADS": "two"}),
+    ([os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "mlp_cifar10.py"), "--quick", "--dataset", "synthetic"], {"TINYITOP_THREADS": "0"}),
+    ([os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "one_update.py")], {"TINYITOP_BACKEND": "bogus"}),
+    ([os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "one_update.py")], {"TINYITOP_THREADS": "-1"}),
+])
+def test_bad_environment_variables_are_one_line_before_any_work(tmp_path, command, env):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": root, **env})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert next(iter(env)) in lines[0]
+    assert not (tmp_path / "runs").exists()

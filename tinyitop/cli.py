@@ -12,6 +12,7 @@ from tinyitop.topology import GROWTH_MODES
 from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
 from tinyitop.rundir import claim
+from tinyitop.sparse_kernels import thread_count
 from tinyitop.train import TrainingInterrupted, train
 
 INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
@@ -141,6 +142,12 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_environment():
+    """TINYITOP_BACKEND and TINYITOP_THREADS, checked before any work (a bad value is one line)."""
+    B.resolve()
+    thread_count()
+
+
 def prepare_process():
     """SIGTERM (kill, a job scheduler's stop) ends a run or sweep the way Ctrl-C does: the last
     checkpoint kept, one line saying how to continue; and a closed stdout does not kill a run."""
@@ -215,7 +222,7 @@ def run_and_plot(config, plots=True):
 
 def main(argv=None):
     prepare_process()
-    if _exit_status(B.resolve):      # a bad TINYITOP_BACKEND stops here, in one line
+    if _exit_status(check_environment):      # a bad TINYITOP_BACKEND stops here, in one line
         return 2
     parser = _Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
@@ -259,7 +266,7 @@ def demo_main(description, paper, quick, argv=None, add_arguments=None, adjust=N
     (the Config fields before the run) and `after(config, run)` (e.g. a report, once the run is done).
     """
     prepare_process()
-    if _exit_status(B.resolve):
+    if _exit_status(check_environment):
         return 2
     parser = _Parser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")

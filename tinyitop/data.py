@@ -224,6 +224,9 @@ def _channels_first(images, path, key):
 def load_npz(path):
     """The user's own data set: an .npz with train_x, train_y, test_x, test_y (uint8 images, integer
     labels) and optionally mean, std (per channel, of x/255) and classes (names)."""
+    if os.path.isdir(path):
+        raise DatasetError(f"data set {path} is a folder, not an .npz file (python -m tinyitop pack-images "
+                           "makes one from a folder of images)")
     if not os.path.isfile(path):
         raise DatasetError(f"data set file {path} does not exist")
     try:
@@ -265,6 +268,10 @@ def load_npz(path):
         raise DatasetError(f"{path}: labels must lie in [0, {num_classes}), found "
                            f"{min(arrays['train_y'].min(), arrays['test_y'].min())}..{highest}")
     channels = arrays["train_x"].shape[1]
+    if ("mean" in arrays) != ("std" in arrays):      # one without the other would silently be ignored
+        given, lacking = ("mean", "std") if "mean" in arrays else ("std", "mean")
+        raise DatasetError(f"{path} has {given} but no {lacking}: give both (per channel, of x/255) or neither "
+                           "(then both are computed from the training images)")
     if "mean" in arrays and "std" in arrays:
         mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
         if (len(mean) != channels or len(std) != channels or not all(map(math.isfinite, mean + std))

@@ -90,6 +90,11 @@ def pack(folder, out, normalise_as=None):
         raise DatasetError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     arrays = dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=np.array(classes))
     if normalise_as is not None:
+        channels = train_x.shape[1]
+        if channels != len(CIFAR[normalise_as]["mean"]):
+            raise DatasetError(f"--normalise-as {normalise_as} gives statistics for {len(CIFAR[normalise_as]['mean'])} "
+                               f"channels, but these images have {channels}: drop --normalise-as (the statistics "
+                               "are then computed from the training images)")
         arrays.update(mean=np.array(CIFAR[normalise_as]["mean"]), std=np.array(CIFAR[normalise_as]["std"]))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write(out, lambda f: np.savez(f, **arrays))     # a killed pack never leaves a half-written npz

@@ -71,32 +71,40 @@ def grad_at_nonzeros(weight, path, dout_t, inputs_t):
 
 
 # ---- the kernels ---------------------------------------------------------------------------------
-def _thread_count():
-    """TINYITOP_THREADS, else min(2, cores); 1 turns threads off (the sweep runner's one process per core)."""
+def thread_count():
+    """TINYITOP_THREADS, else min(2, cores); 1 turns threads off (the sweep runner's one process per core).
+    A bad value is a ValueError naming the variable (the command line checks it before any work)."""
     value = os.environ.get("TINYITOP_THREADS", "")
     if not value:
         return max(1, min(2, os.cpu_count() or 1))
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"TINYITOP_THREADS must be a positive integer, got {value!r}")
+        raise ValueError(f"TINYITOP_THREADS must be a positive integer (or unset), got {value!r}")
     return int(value)
 
 
-_THREADS = _thread_count()
-_pool = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
+_pools = {}         # thread count -> ThreadPoolExecutor, made at first use (not at import)
+
+
+def _pool():
+    threads = thread_count()
+    if threads > 1 and threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads)
+    return _pools.get(threads)
 
 
 def _parallel(tasks):
     """Run zero-argument functions; on NumPy spread them over the cores (CuPy: kernels are async)."""
-    if _pool is None or B.name != "numpy" or len(tasks) == 1:
+    pool = _pool() if B.name == "numpy" and len(tasks) > 1 else None
+    if pool is None:
         return [task() for task in tasks]
-    return list(_pool.map(lambda task: task(), tasks))
+    return list(pool.map(lambda task: task(), tasks))
 
 
 def spmm(matrix, dense):
     """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
     xp = B.xp
     m = dense.shape[1]
-    if B.name != "numpy" or _pool is None or m < 64 or matrix.nnz < 40_000:
+    if B.name != "numpy" or m < 64 or matrix.nnz < 40_000 or _pool() is None:
         return xp.asarray(matrix @ dense)
     half = m // 2
     parts = _parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),

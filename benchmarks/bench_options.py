@@ -1,0 +1,44 @@
+"""Option checks shared by the benchmarks: every value is checked before any timing, and a bad one is
+one `error:` line naming the option, exit status 2 (argparse's own errors are one line too)."""
+import argparse
+import os
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def fail(message):
+    """One error line and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def writable_file(path, option):
+    """Refuse, before any timing, an output path whose folder does not exist or cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        fail(f"{option} {path}: the folder {folder} does not exist or is not writable")
+    if os.path.isdir(path):
+        fail(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, 'figure.png')}")
+
+
+def choices_list(text, allowed, option):
+    """'a,b' -> ['a', 'b'], each one of `allowed`, at least one."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown:
+        fail(f"{option} {text!r}: choose one or more of {', '.join(allowed)}, comma-separated")
+    return values
