@@ -271,3 +271,63 @@ def test_bad_environment_variables_are_one_line_before_any_work(tmp_path, comman
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert next(iter(env)) in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key, array", [("velocity/fc1.weight", np.zeros(5, np.float32)),
+                                        ("param/fc1.bias", np.zeros((4, 4), np.float32)),
+                                        ("buffer/fc1.bias", None)])
+def test_a_checkpoint_array_of_the_wrong_shape_is_one_line_naming_it(tmp_path, capsys, key, array):
+    out = tmp_path / "run"
+    assert cli_main(_args(out, "--no-plots", "--epochs", "3", "--limit-train", "300")) == 0
+    with np.load(out / "checkpoint.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    if array is None:                                       # an MLP has no buffers: damage a velocity's dtype
+        key, array = "velocity/fc2.bias", arrays["velocity/fc2.bias"].astype(np.float64)
+    arrays[key] = array
+    np.savez(out / "checkpoint.npz", **arrays)
+    code, err = _cli(capsys, _args(out, "--no-plots", "--epochs", "3", "--limit-train", "300", "--resume"))
+    assert code == 2 and len(err) == 1 and key in err[0] and "checkpoint.npz" in err[0]
+
+
+def test_random_bytes_as_an_npz_do_not_pass_on_numpys_pickle_advice(tmp_path):
+    from tinyitop import data
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(data.DatasetError) as err:
+        data.load(str(tmp_path / "noise.npz"))
+    assert "pickle" not in str(err.value) and "noise.npz" in str(err.value)
+
+
+@pytest.mark.parametrize("base, fragment", [({"epochs": "three"}, "epochs must be a whole number"),
+                                            ({"epochs": None}, "epochs must be a whole number"),
+                                            ({"hidden": 16}, "hidden must be a list"),
+                                            ({"lr": True}, "lr must be a number"),
+                                            ({"augment": "yes"}, "augment must be true or false")])
+def test_sweep_settings_of_the_wrong_kind_name_the_file_and_setting(tmp_path, capsys, base, fragment):
+    spec = {"name": "kinds", "reduced": {"base": {"dataset": "synthetic", **base}, "grid": {"seed": [0]}}}
+    (tmp_path / "k.json").write_text(json.dumps(spec))
+    code, err = _cli(capsys, ["sweep", str(tmp_path / "k.json"), "--root", str(tmp_path / "runs")])
+    assert code == 2 and len(err) == 1 and "k.json" in err[0] and fragment in err[0] and "; ;" not in err[0]
+
+
+def test_a_sweep_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    (tmp_path / "latin.json").write_bytes(b'{"name": "caf\xe9", "reduced": {}}')
+    code, err = _cli(capsys, ["sweep", str(tmp_path / "latin.json")])
+    assert code == 2 and len(err) == 1 and "latin.json is not UTF-8" in err[0]
+
+
+def test_a_dangling_symlink_as_out_is_named_as_one(tmp_path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    code, err = _cli(capsys, _args(tmp_path / "link", "--no-plots"))
+    assert code == 2 and len(err) == 1 and "broken symbolic link" in err[0]
+
+
+def test_the_memory_check_counts_the_process_address_space_limit(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = (f"ulimit -v 900000; exec {sys.executable} {os.path.join(root, 'demos', 'million_neurons.py')} "
+               f"--quick --no-progress --dataset synthetic --out {tmp_path / 'm'}")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root, TINYITOP_BACKEND="numpy"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "ulimit -v" in lines[0] and "GiB" in lines[0], result.stderr

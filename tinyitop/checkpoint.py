@@ -91,21 +91,33 @@ def _checked_sparse(path, archive, name, param, exploration):
     return positions, values
 
 
+def _shaped(path, archive, key, shape, dtype):
+    """archive[key], refused in one line unless it has the shape and dtype this model needs."""
+    array = archive[key]
+    if array.shape != tuple(shape) or array.dtype != dtype:
+        raise ValueError(f"{key} in {path} is {array.dtype} {array.shape}, but this model needs {dtype} "
+                         f"{tuple(shape)}: the checkpoint is damaged or another model's")
+    return array
+
+
 def _restore(path, model, optimizer, exploration):
     with np.load(path, allow_pickle=False) as archive:
         for name, param in model.named_parameters():
             if isinstance(param, SparseWeight):
                 positions, values = _checked_sparse(path, archive, name, param, exploration)
-                param.set_topology(B.to_device(positions), B.to_device(values))
+                param.set_topology(B.to_device(positions), B.to_device(values.astype(param.dtype, copy=False)))
             else:
-                param.data = B.to_device(archive[f"param/{name}"])
-            optimizer.velocity[name] = B.to_device(archive[f"velocity/{name}"])
+                param.data = B.to_device(_shaped(path, archive, f"param/{name}", param.shape, param.dtype))
+            optimizer.velocity[name] = B.to_device(_shaped(path, archive, f"velocity/{name}", param.data.shape,
+                                                           param.dtype))
         for name, module, key in model.named_buffers():
-            setattr(module, key, B.to_device(archive[f"buffer/{name}"]))
+            current = getattr(module, key)
+            setattr(module, key, B.to_device(_shaped(path, archive, f"buffer/{name}", current.shape, current.dtype)))
         if exploration is not None:
             for name, explored in exploration.sets.items():
                 explored.positions = B.to_device(archive[f"explored/{name}/positions"])
-                explored.reliable = B.to_device(archive[f"explored/{name}/reliable"])
+                explored.reliable = B.to_device(_shaped(path, archive, f"explored/{name}/reliable",
+                                                        explored.positions.shape, np.dtype(bool)))
                 explored.pending = B.to_device(archive[f"explored/{name}/pending"])
         return json.loads(str(archive["meta"]))
 

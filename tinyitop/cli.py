@@ -180,6 +180,10 @@ def _exit_status(action, errors=(ValueError, TrainingDiverged, DatasetError, B.B
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:           # what the memory check before the run could not foresee
+        print("error: out of memory (free memory or this process's ulimit -v): use smaller layers, a higher "
+              "sparsity or a smaller --batch-size; a run with a checkpoint continues with --resume", file=sys.stderr)
+        return 2
     return 0
 
 

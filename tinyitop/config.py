@@ -53,8 +53,10 @@ class Config:
     progress: bool = True
 
     def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.dense_layers = tuple(self.dense_layers)
+        if isinstance(self.hidden, (list, tuple)):          # anything else: `validate` says what is wrong
+            self.hidden = tuple(self.hidden)
+        if isinstance(self.dense_layers, (list, tuple)):
+            self.dense_layers = tuple(self.dense_layers)
         if self.growth is None and self.method in EXPLORING:
             self.growth = "gradient" if self.method == "rigl" else "random"
 
@@ -62,9 +64,35 @@ class Config:
     def total_epochs(self):
         return self.epochs * self.multiplier
 
+    def type_problems(self):
+        """Settings of the wrong kind (a sweep config's "three" for epochs, null, 16 for [16]), each named."""
+        names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+                 tuple: "a list"}
+        problems = []
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.type
+            if value is None and field.default is None:
+                continue
+            if kind is float:
+                right = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind is int:
+                right = isinstance(value, int) and not isinstance(value, bool)
+            elif kind is tuple:
+                right = isinstance(value, tuple) and all(
+                    isinstance(v, str) if field.name == "dense_layers" else isinstance(v, int) and not isinstance(v, bool)
+                    for v in value)
+            else:
+                right = isinstance(value, kind)
+            if not right:
+                items = " of layer names" if field.name == "dense_layers" else " of whole numbers" if kind is tuple else ""
+                problems.append(f"{field.name} must be {names[kind]}{items}, got {value!r}")
+        return problems
+
     def validate(self):
         """Reject bad options before any work, saying why."""
-        problems = []
+        problems = self.type_problems()
+        if problems:                    # the checks below compare values: they need the right kinds
+            raise ValueError("bad options:\n  - " + "\n  - ".join(problems))
         if self.model not in MODEL_NAMES:
             problems.append(f"unknown model {self.model!r} (choose from {', '.join(MODEL_NAMES)})")
         if self.dataset not in DATASETS and not is_npz(self.dataset):
@@ -137,16 +165,33 @@ def changed_settings(saved, config):
             if k not in RESUME_FREE and saved.get(k, defaults[k]) != v]
 
 
-def _available_bytes():
-    """Memory this machine can still give (MemAvailable), or None where /proc/meminfo is absent."""
+def _proc_kib(path, key):
+    """A `key: N kB` line of a /proc file, in bytes, or None."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _available_bytes():
+    """Memory this process can still get: the machine's MemAvailable, and no more than what its own
+    address-space limit (ulimit -v) leaves above what it already maps; None where neither is known."""
+    import resource
+    free = _proc_kib("/proc/meminfo", "MemAvailable")
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        left = limit - (_proc_kib("/proc/self/status", "VmSize") or 0)
+        free = left if free is None else min(free, left)
+    return free
+
+
+# demos/million_neurons.py --quick peaked at 1.89 GiB for 8.0 million active weights (data included):
+# weights, gradients, momentum, index caches, explored sets and a topology update's temporaries.
+SPARSE_PEAK_BYTES_PER_WEIGHT = 225
 
 
 def check_memory(config, data):
@@ -160,10 +205,10 @@ def check_memory(config, data):
     dense_numel = sum(a * b for a, b in shapes)
     if config.method in ("dense", "gmp", "snip", "snip-set", "lth", "lth-set"):
         need = dense_numel * 4 * 3                 # weight, gradient, momentum (float32); dense at some point
-    else:                                          # sparse from scratch: ~40 bytes per active weight
-        need = (1 - config.sparsity) * dense_numel * 40
+    else:       # sparse from scratch: the peak per active weight measured in training (docs/RUNS.md)
+        need = (1 - config.sparsity) * dense_numel * SPARSE_PEAK_BYTES_PER_WEIGHT
     available = _available_bytes()
     if available is not None and need > available:
-        raise ValueError(f"this model needs about {need / 2 ** 30:.1f} GiB for its weights and optimizer state "
-                         f"alone ({dense_numel:,} weights, method {config.method}), more than the "
-                         f"{available / 2 ** 30:.1f} GiB this machine has free: use smaller layers or a higher sparsity")
+        raise ValueError(f"this model needs about {need / 2 ** 30:.1f} GiB to train ({dense_numel:,} weights, method "
+                         f"{config.method}), more than the {available / 2 ** 30:.1f} GiB this process can still get "
+                         "(free memory, and its ulimit -v): use smaller layers or a higher sparsity")

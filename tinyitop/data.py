@@ -232,7 +232,8 @@ def load_npz(path):
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DatasetError(f"{path} is not a readable .npz file ({err})") from None
+        why = "neither an .npz archive nor plain arrays" if "pickle" in str(err) else str(err)
+        raise DatasetError(f"{path} is not a readable .npz file ({why}): is it damaged, or another kind of file?") from None
     try:
         with archive:
             missing = [k for k in NPZ_KEYS if k not in archive.files]

@@ -145,6 +145,9 @@ class RunFolder:
     def open(self, resume=False, overwrite=False, log=print):
         """Create/lock the folder and make it ready for a fresh run or a resume; returns whether a
         checkpoint will be resumed."""
+        if os.path.islink(self.out) and not os.path.exists(self.out):
+            raise RunFolderError(f"--out {self.out} is a broken symbolic link (to {os.readlink(self.out)}): "
+                                 "remove it, point it at a folder, or choose another --out")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise RunFolderError(f"--out {self.out} is a file, not a folder: choose another --out")
         try:

@@ -46,6 +46,9 @@ def load_config(path, full=False):
             spec = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}): "
+                         "save it as UTF-8") from None
     section = "full" if full else "reduced"
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ValueError(f"{path}: a sweep config is a JSON object with a \"name\" and a \"{section}\" section")
@@ -95,7 +98,8 @@ def check_runs(path, runs):
         try:
             Config(**resolved(settings)).validate()
         except (TypeError, ValueError) as err:
-            detail = str(err).replace("\n  - ", "; ").replace("bad options:", "").strip()
+            lines = str(err).splitlines()
+            detail = "; ".join(line.strip().removeprefix("- ") for line in lines[1:]) if len(lines) > 1 else str(err)
             raise ValueError(f"{path}: run {run_id}: {detail}") from None
 
 
