@@ -8,6 +8,7 @@ The same input, sizes and --seed give the same subset (drawn per class with NumP
 import argparse
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -20,21 +21,38 @@ def balanced(labels, count, rng):
     return np.sort(np.concatenate(picks))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument("source"), p.add_argument("out")
     p.add_argument("--train", type=int, required=True, help="training images to keep")
     p.add_argument("--test", type=int, required=True, help="test images to keep")
     p.add_argument("--seed", type=int, default=0, help="which subset (default: %(default)s)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.source):
-        sys.exit(f"error: {args.source} is not a file (make one with python -m tinyitop pack-images)")
+        fail(f"{args.source} is not a file (make one with python -m tinyitop pack-images)")
     if os.path.exists(args.out):
-        sys.exit(f"error: {args.out} exists; choose another name (nothing is overwritten)")
-    data = dict(np.load(args.source))
+        fail(f"{args.out} exists; choose another name (nothing is overwritten)")
+    try:
+        with np.load(args.source, allow_pickle=False) as archive:
+            data = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        fail(f"{args.source} is not a readable .npz of arrays (damaged, or another kind of file)")
+    missing = [k for k in ("train_x", "train_y", "test_x", "test_y") if k not in data]
+    if missing:
+        fail(f"{args.source} lacks {', '.join(missing)}: is it a data set packed by python -m tinyitop pack-images?")
     for split, count in (("train", args.train), ("test", args.test)):
         if not 1 <= count <= len(data[f"{split}_y"]):
-            sys.exit(f"error: --{split} must be in [1, {len(data[f'{split}_y'])}], got {count}")
+            fail(f"--{split} must be in [1, {len(data[f'{split}_y'])}], got {count}")
     rng = np.random.default_rng(args.seed)
     for split, count in (("train", args.train), ("test", args.test)):
         keep = balanced(data[f"{split}_y"], count, rng)

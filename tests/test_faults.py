@@ -359,7 +359,7 @@ def test_bad_options_are_one_line(tmp_path, capsys, args, fragment):
     except SystemExit as exit_info:                         # argparse's own errors
         code = exit_info.code
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and fragment in " ".join(err)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and fragment in err[0]
     assert len([line for line in err if line.strip()]) <= 2 and not any("Traceback" in line for line in err)
 
 

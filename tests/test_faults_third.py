@@ -331,3 +331,50 @@ def test_the_memory_check_counts_the_process_address_space_limit(tmp_path):
                             env=dict(os.environ, PYTHONPATH=root, TINYITOP_BACKEND="numpy"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "ulimit -v" in lines[0] and "GiB" in lines[0], result.stderr
+
+
+def test_a_negative_seed_is_one_line(tmp_path, capsys):
+    code, err = _cli(capsys, _args(tmp_path / "run", "--seed", "-1"))
+    assert code == 2 and len(err) == 1 and "seed must be >= 0" in err[0]
+
+
+@pytest.mark.parametrize("name, fragment", [("missing.json", "does not exist"), (".", "is a folder")])
+def test_a_sweep_config_that_is_missing_or_a_folder_is_named(tmp_path, capsys, name, fragment):
+    code, err = _cli(capsys, ["sweep", str(tmp_path / name), "--root", str(tmp_path / "runs")])
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["subset_npz.py", "{noise}", "{out}", "--train", "5", "--test", "5"], "not a readable .npz"),
+    (["subset_npz.py", "{data}", "{out}", "--train", "0", "--test", "5"], "--train must be in"),
+    (["subset_npz.py", "{data}", "{data}", "--train", "5", "--test", "5"], "exists"),
+    (["subset_npz.py", "{data}", "{out}", "--train", "abc", "--test", "5"], "--train"),
+    (["accuracy_vs_rs.py", "{out}.png", "{missing}"], "is not a folder"),
+])
+def test_the_experiment_scripts_check_their_inputs(tmp_path, args, fragment):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(1).bytes(500))
+    names = dict(noise=tmp_path / "noise.npz", out=tmp_path / "out.npz", data=_npz(tmp_path / "data.npz"),
+                 missing=tmp_path / "missing")
+    result = subprocess.run([sys.executable, os.path.join(root, "experiments", args[0]),
+                             *[a.format(**names) for a in args[1:]]], capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], \
+        result.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_subset_npz_keeps_every_class_balanced(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = _npz(tmp_path / "data.npz")                        # 12 train (6 per class), 6 test
+    result = subprocess.run([sys.executable, os.path.join(root, "experiments", "subset_npz.py"), source,
+                             str(tmp_path / "sub.npz"), "--train", "4", "--test", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "sub.npz") as sub, np.load(source) as full:
+        assert np.bincount(sub["train_y"]).tolist() == [2, 2] and np.bincount(sub["test_y"]).tolist() == [1, 1]
+        rows = {full["train_x"][i].tobytes() for i in range(12)}
+        assert all(image.tobytes() in rows for image in sub["train_x"])      # real images, not new ones

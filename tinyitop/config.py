@@ -92,7 +92,7 @@ class Config:
         """Reject bad options before any work, saying why."""
         problems = self.type_problems()
         if problems:                    # the checks below compare values: they need the right kinds
-            raise ValueError("bad options:\n  - " + "\n  - ".join(problems))
+            raise ValueError("bad options: " + "; ".join(problems))
         if self.model not in MODEL_NAMES:
             problems.append(f"unknown model {self.model!r} (choose from {', '.join(MODEL_NAMES)})")
         if self.dataset not in DATASETS and not is_npz(self.dataset):
@@ -144,8 +144,10 @@ class Config:
             problems.append("mlp needs at least one hidden layer size")
         if any(h < 1 for h in self.hidden):
             problems.append(f"hidden layer sizes must be >= 1, got {list(self.hidden)}")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if problems:
-            raise ValueError("bad options:\n  - " + "\n  - ".join(problems))
+            raise ValueError("bad options: " + "; ".join(problems))
 
     def to_json(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -268,3 +268,33 @@ def _is_number(value):
         return True
     except (TypeError, ValueError):
         return False
+
+
+def accuracy_vs_rs(points, path, title):
+    """Test accuracy against R_s, one marker per run: points = [(label, R_s, reliable R_s, accuracy,
+    group)]; runs of one group (e.g. one sparsity) share a colour, and an arrow joins each run's
+    reliable R_s to its R_s. Returns the path."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    groups = sorted({p[4] for p in points}, key=str)
+    colours = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    for label, rs, reliable, accuracy, group in points:
+        ax.annotate("", (rs, accuracy), (reliable, accuracy), arrowprops=dict(arrowstyle="-", color="0.75"))
+        ax.plot(reliable, accuracy, "o", mfc="none", color=colours[group])
+        ax.plot(rs, accuracy, "o", color=colours[group])
+        ax.annotate(label, (rs, accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for group in groups:
+        ax.plot([], [], "o", color=colours[group], label=f"{group}: R_s (filled), reliable R_s (open)")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[-1] in "25" else ""))
+    ax.set(xlabel="explored fraction of all weights (log scale)", ylabel="test accuracy (best-validation epoch)",
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

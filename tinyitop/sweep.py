@@ -41,6 +41,10 @@ class SweepFailed(RuntimeError):
 
 def load_config(path, full=False):
     """The sweep spec and its preset ('reduced', or 'full'), checked: every problem names the file."""
+    if os.path.isdir(path):
+        raise ValueError(f"sweep config {path} is a folder: give a JSON file, e.g. experiments/fig3_update_interval.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"sweep config {path} does not exist (the shipped ones are in experiments/)")
     try:
         with open(path) as f:
             spec = json.load(f)
@@ -98,8 +102,7 @@ def check_runs(path, runs):
         try:
             Config(**resolved(settings)).validate()
         except (TypeError, ValueError) as err:
-            lines = str(err).splitlines()
-            detail = "; ".join(line.strip().removeprefix("- ") for line in lines[1:]) if len(lines) > 1 else str(err)
+            detail = str(err).removeprefix("bad options: ")
             raise ValueError(f"{path}: run {run_id}: {detail}") from None
 
 
