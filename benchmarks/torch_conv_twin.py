@@ -106,6 +106,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished tinyitop run folder (summary.json)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--torch-seed", type=int, default=None,
+                        help="seed of PyTorch's weights and masks only; the batches stay the run's (default: the run's seed)")
     args = parser.parse_args(argv)
     try:
         with open(os.path.join(args.run, "summary.json")) as f:
@@ -126,7 +128,8 @@ def main(argv=None):
         print("error: torch is not installed here: run this in a venv with torch (pip install torch)", file=sys.stderr)
         raise SystemExit(2)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(c["seed"])
+    torch_seed = c["seed"] if args.torch_seed is None else args.torch_seed
+    torch.manual_seed(torch_seed)
     data = load(c["dataset"], c["data_dir"])
     (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, c["val_fraction"], c["seed"])
     if c["limit_train"]:
@@ -135,7 +138,7 @@ def main(argv=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"], nesterov=True,
                                 weight_decay=c["weight_decay"])
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    sparse = SetMasks(torch, weights, c["sparsity"], torch.Generator().manual_seed(c["seed"])) \
+    sparse = SetMasks(torch, weights, c["sparsity"], torch.Generator().manual_seed(torch_seed)) \
         if c["method"] == "set" else None
     lr_at = MultiStepLR(c["lr"], c["epochs"], c["multiplier"])
     data_rng = np.random.default_rng(c["seed"])
@@ -162,7 +165,7 @@ def main(argv=None):
             best = (val, epoch + 1, test)
         print(json.dumps({"epoch": epoch + 1, "val_acc": val, "test_acc": test,
                           "rs": sparse.rs() if sparse else 1.0, "seconds": time.perf_counter() - started}), flush=True)
-    result = {"twin_best_epoch": best[1], "twin_test_acc_at_best_val": best[2], "twin_last_test_acc": test,
+    result = {"torch_seed": torch_seed, "twin_best_epoch": best[1], "twin_test_acc_at_best_val": best[2], "twin_last_test_acc": test,
               "tinyitop_best_epoch": summary["best_epoch"], "tinyitop_test_acc_at_best_val": summary["test_acc_at_best_val"],
               "tinyitop_last_test_acc": summary["last_test_acc"],
               "difference_at_best_val": best[2] - summary["test_acc_at_best_val"]}
