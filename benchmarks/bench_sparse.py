@@ -48,7 +48,7 @@ def torch_ms(spec, densities):
     if device == "cpu":
         torch.set_num_threads(os.cpu_count())
     if spec.get("model") in CONV_MODELS:
-        model, shape, classes = getattr(ref, spec["model"])(), (128, 3, 32, 32), 10
+        model, shape, classes = getattr(ref, spec["model"])(width=spec.get("width", 1.0)), (128, 3, 32, 32), 10
     else:
         model, shape, classes = ref.mlp(spec["sizes"]), (128, spec["sizes"][0]), spec["sizes"][-1]
     return ref.step_ms(model, shape, classes, spec["steps"], device, densities)
@@ -73,7 +73,7 @@ def one(spec):
     sparsity, init, steps = spec["sparsity"], spec["init"], spec["steps"]
     B.seed(0)
     if spec.get("model") in CONV_MODELS:
-        model = CONV_MODELS[spec["model"]](10)
+        model = CONV_MODELS[spec["model"]](10, width=spec.get("width", 1.0))
         if sparsity:
             sparsify(model, sparsity, init)
         sizes = None
@@ -160,6 +160,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer steps; skips the wide dense baseline's repeats")
     parser.add_argument("--sections", default="ABCD", help="which tables to run (default: ABCD)")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column even if torch imports")
+    parser.add_argument("--width", type=float, default=1.0, help="conv nets (section D): channel counts x WIDTH (default: 1)")
     args = parser.parse_args()
     if args.one:
         try:
@@ -183,9 +184,9 @@ def main():
         conv_steps = (10 if gpu else 2) if args.quick else (30 if gpu else 4)
         for name in CONV_MODELS:
             rows = [(f"{s:.2f}" if s else "dense", launch({"model": name, "sparsity": s or None, "init": "erk",
-                                                            "steps": conv_steps, "torch": use_torch}))
+                                                            "steps": conv_steps, "torch": use_torch, "width": args.width}))
                     for s in (0, 0.95)]
-            table(f"D. {name} (CIFAR-10 shapes), ERK, batch 128", rows)
+            table(f"D. {name} (CIFAR-10 shapes, width {args.width:g}), ERK, batch 128", rows)
     if "B" not in args.sections and "C" not in args.sections:
         return
 

@@ -25,27 +25,8 @@ import numpy as np  # noqa: E402
 
 from tinyitop.data import batches, load, split_validation  # noqa: E402
 from tinyitop.init import layer_densities  # noqa: E402
-from tinyitop.models import scaled  # noqa: E402
 from tinyitop.optim import MultiStepLR  # noqa: E402
 from tinyitop.topology import prune_rate_at  # noqa: E402
-
-PLAN = [64, 64, "M", 128, 128, "M", 256, 256, "C256", "M", 512, 512, "C512", "M", 512, 512, "C512", "M"]
-
-
-def vgg16(nn, width, classes):
-    """tinyitop.models.vgg16 in PyTorch: 'vgg-c', classifier Linear -> ReLU -> BatchNorm1d."""
-    layers, cin = [], 3
-    for item in PLAN:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        kernel, cout = (1, scaled(int(item[1:]), width)) if isinstance(item, str) else (3, scaled(item, width))
-        layers += [nn.Conv2d(cin, cout, kernel, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-        cin = cout
-    hidden = scaled(512, width)
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * 4, hidden), nn.ReLU(), nn.BatchNorm1d(hidden),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.BatchNorm1d(hidden), nn.Linear(hidden, classes))
-
 
 class SetMasks:
     """The reference's SET: masks at ERK densities; every Delta T, per layer, drop the k smallest
@@ -134,7 +115,8 @@ def main(argv=None):
     (train_x, train_y), (val_x, val_y) = split_validation(data.train_x, data.train_y, c["val_fraction"], c["seed"])
     if c["limit_train"]:
         train_x, train_y = train_x[:c["limit_train"]], train_y[:c["limit_train"]]
-    model = vgg16(nn, c["width"], data.num_classes)
+    import torch_reference                     # the benchmarks' PyTorch twins (same networks, any width)
+    model = torch_reference.vgg16(data.num_classes, width=c["width"])
     optimizer = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"], nesterov=True,
                                 weight_decay=c["weight_decay"])
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -36,28 +36,34 @@ class _Basic(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def resnet18(classes=10):
-    layers, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+def _scaled(channels, width):
+    return max(1, int(round(channels * width)))       # as tinyitop.models.scaled
+
+
+def resnet18(classes=10, width=1.0):
+    cin = _scaled(64, width)
+    layers = [nn.Conv2d(3, cin, 3, 1, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU()]
     for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        cout = _scaled(cout, width)
         layers += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
         cin = cout
-    return nn.Sequential(*layers, nn.AvgPool2d(4), nn.Flatten(), nn.Linear(512, classes, bias=False))
+    return nn.Sequential(*layers, nn.AvgPool2d(4), nn.Flatten(), nn.Linear(cin, classes, bias=False))
 
 
-def vgg16(classes=10):
+def vgg16(classes=10, width=1.0):
+    """The reference's 'vgg-c' (classifier Linear -> ReLU -> BatchNorm1d, as tinyitop.models.vgg16)."""
     layers, cin = [], 3
     for item in VGG_PLAN:
         if item == "M":
             layers.append(nn.MaxPool2d(2))
-        elif isinstance(item, str):                 # "C": 1x1 conv padded by 1, as the reference
-            cout = int(item[1:])
-            layers += [nn.Conv2d(cin, cout, 1, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-            cin = cout
-        else:
-            layers += [nn.Conv2d(cin, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
-            cin = item
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(2048, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                         nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, classes))
+            continue
+        kernel, cout = (1, int(item[1:])) if isinstance(item, str) else (3, item)   # "C": 1x1 padded by 1
+        cout = _scaled(cout, width)
+        layers += [nn.Conv2d(cin, cout, kernel, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        cin = cout
+    hidden = _scaled(512, width)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * 4, hidden), nn.ReLU(), nn.BatchNorm1d(hidden),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.BatchNorm1d(hidden), nn.Linear(hidden, classes))
 
 
 def mlp(sizes):
