@@ -18,7 +18,7 @@ def main(argv=None):
     parser.add_argument("out"), parser.add_argument("folders", nargs="+")
     parser.add_argument("--title", default="Test accuracy against the ITOP rate R_s")
     args = parser.parse_args(argv)
-    points = []
+    points, seen = [], set()
     missing = [folder for folder in args.folders if not os.path.isdir(folder)]
     if missing:
         print(f"error: {', '.join(missing)} is not a folder (give sweep folders, e.g. runs/sweeps/NAME)", file=sys.stderr)
@@ -26,12 +26,14 @@ def main(argv=None):
     for folder in args.folders:
         for run in sorted(os.listdir(folder)):
             path = os.path.join(folder, run, "summary.json")
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) or os.path.realpath(path) in seen:   # a run linked into two sweeps
                 continue
+            seen.add(os.path.realpath(path))
             with open(path) as f:
                 s = json.load(f)
             sparsity = 0 if s["config"]["method"] == "dense" else s["config"]["sparsity"]
-            points.append((run.replace("_seed=0", ""), s["final_rs"], s["final_rs_reliable"],
+            label = run.replace("_seed=0", "").replace("update_interval=", "Delta T ")
+            points.append((label, s["final_rs"], s["final_rs_reliable"],
                            s["test_acc_at_best_val"], f"sparsity {sparsity:g}"))
     if not points:
         print(f"error: no finished run (summary.json) under {', '.join(args.folders)}", file=sys.stderr)

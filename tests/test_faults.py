@@ -225,7 +225,7 @@ def test_a_users_file_that_a_run_would_replace_is_refused_not_overwritten(tmp_pa
     out.mkdir()
     (out / "training.png").write_bytes(b"the user's own figure")
     code, err = _cli(capsys, _train_args(out, "--overwrite"))
-    assert code == 2 and len(err) == 1 and "training.png" in err[0] and "did not write" in err[0]
+    assert code == 2 and len(err) == 1 and "training.png" in err[0] and "no record of writing" in err[0]
     assert (out / "training.png").read_bytes() == b"the user's own figure"
 
 

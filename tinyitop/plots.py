@@ -275,7 +275,7 @@ def accuracy_vs_rs(points, path, title):
     group)]; runs of one group (e.g. one sparsity) share a colour, and an arrow joins each run's
     reliable R_s to its R_s. Returns the path."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     groups = sorted({p[4] for p in points}, key=str)
     colours = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     for label, rs, reliable, accuracy, group in points:
@@ -293,7 +293,7 @@ def accuracy_vs_rs(points, path, title):
     ax.set(xlabel="explored fraction of all weights (log scale)", ylabel="test accuracy (best-validation epoch)",
            title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

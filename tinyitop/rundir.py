@@ -162,9 +162,10 @@ class RunFolder:
         foreign = [n for n in existing if n not in owned and not os.path.isdir(self.path(n))]
         if foreign:
             them = "them" if len(foreign) > 1 else "it"
-            raise RunFolderError(f"{self.out} holds {', '.join(foreign)}, which tinyitop did not write (no record "
-                                 f"in {MANIFEST_NAME}) and a run could replace: move {them} elsewhere, or choose "
-                                 f"another --out")
+            raise RunFolderError(f"{self.out} holds {', '.join(foreign)}, which tinyitop has no record of writing "
+                                 f"(not in {MANIFEST_NAME}) and a run could replace: if yours, move {them} elsewhere; "
+                                 f"if an older tinyitop drew {them} (it kept no such record), delete {them}; or choose "
+                                 "another --out")
         if resume and os.path.exists(self.checkpoint):
             self._written = [n for n in existing if n in owned]
             write_json(self.path(MANIFEST_NAME), {"written": self._written})
