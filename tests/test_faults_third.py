@@ -378,3 +378,31 @@ def test_subset_npz_keeps_every_class_balanced(tmp_path):
         assert np.bincount(sub["train_y"]).tolist() == [2, 2] and np.bincount(sub["test_y"]).tolist() == [1, 1]
         rows = {full["train_x"][i].tobytes() for i in range(12)}
         assert all(image.tobytes() in rows for image in sub["train_x"])      # real images, not new ones
+
+
+def test_a_torn_summary_is_an_unfinished_run_that_the_sweep_finishes_again(tmp_path, capsys):
+    path = _spec(tmp_path, grid={"seed": [0, 1]})
+    root = tmp_path / "runs"
+    assert cli_main(["sweep", path, "--root", str(root)]) == 0
+    summary = root / "dup" / "seed=0" / "summary.json"
+    whole = json.loads(summary.read_text())
+    summary.write_text(summary.read_text()[:50])                  # torn by a crash mid-write
+    capsys.readouterr()
+    code, err = _cli(capsys, ["sweep", path, "--root", str(root), "--aggregate"])
+    assert code == 2 and "seed=0" in err[-1] and "Unterminated" not in " ".join(err)
+    assert cli_main(["sweep", path, "--root", str(root)]) == 0        # resumes the finished checkpoint
+    again = json.loads(summary.read_text())
+    assert again["final_rs"] == whole["final_rs"] and again["test_acc_at_best_val"] == whole["test_acc_at_best_val"]
+
+
+def test_torch_reference_help_without_torch_is_one_line():
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here: the module imports and prints its docstring")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "torch_reference.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "needs torch" in lines[0]

@@ -275,8 +275,7 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     with _sweep_lock(folder):
         if not aggregate_only:
             failed = _run_all(spec, folder, commands, workers, continue_command)
-        unfinished = [c[0] for c in commands if c[0] not in failed
-                      and not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
+        unfinished = [c[0] for c in commands if c[0] not in failed and _summary(folder, c[0]) is None]
         rows = aggregate(spec, folder, commands, {**failed, **{run_id: "not finished" for run_id in unfinished}})
     if unfinished:
         raise SweepFailed(f"{len(unfinished)} of {len(commands)} runs have not finished ({', '.join(unfinished[:3])}"
@@ -308,7 +307,7 @@ class _sweep_lock:
 
 def _run_all(spec, folder, commands, workers, continue_command=None):
     """Run the unfinished runs in parallel; returns {run_id: exit status} of those that failed."""
-    todo = [c for c in commands if not os.path.exists(os.path.join(folder, c[0], "summary.json"))]
+    todo = [c for c in commands if _summary(folder, c[0]) is None]     # a torn summary: rerun, it resumes
     workers = workers or min(2, os.cpu_count() or 1)
     print(f"{spec['name']}: {len(commands)} runs, {len(commands) - len(todo)} already finished, "
           f"{workers} worker(s); logs in {folder}/RUN/log.txt", flush=True)
@@ -328,12 +327,24 @@ def _run_all(spec, folder, commands, workers, continue_command=None):
     except KeyboardInterrupt:
         runner.stop()
         pool.shutdown(wait=True, cancel_futures=True)
-        finished = sum(os.path.exists(os.path.join(folder, c[0], "summary.json")) for c in commands)
+        finished = sum(_summary(folder, c[0]) is not None for c in commands)
         how = continue_command or "the same sweep command"
         raise KeyboardInterrupt(f"sweep interrupted: {finished} of {len(commands)} runs finished; running ones "
                                 f"kept their last checkpoint. Continue with: {how}") from None
     pool.shutdown(wait=True)
     return failed
+
+
+def _summary(folder, run_id):
+    """A finished run's summary.json, or None: absent, or torn (a crash mid-write, a full disk), in
+    which case the run is not finished: rerunning its command resumes the checkpoint and rewrites it."""
+    try:
+        with open(os.path.join(folder, run_id, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    keys = ("config", "final_train_acc", "last_test_acc", "final_rs")
+    return summary if isinstance(summary, dict) and all(k in summary for k in keys) else None
 
 
 def _mean_std(values):
@@ -353,11 +364,9 @@ def aggregate(spec, folder, commands, failed=None):
     varied = _varied(commands) - {"seed"}
     groups = {}
     for run_id, label, settings, _ in commands:
-        path = os.path.join(folder, run_id, "summary.json")
-        if not os.path.exists(path):
+        summary = _summary(folder, run_id)
+        if summary is None:
             continue
-        with open(path) as f:
-            summary = json.load(f)
         summary["generalization_gap"] = summary["final_train_acc"] - summary["last_test_acc"]
         key = tuple((k, _text(v)) for k, v in settings.items() if k in varied)
         group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": [], "runs": []})
