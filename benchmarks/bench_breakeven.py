@@ -14,7 +14,6 @@ densities near the thresholds as M grows, to show where that step falls:
   python benchmarks/bench_breakeven.py --replot saved_output.txt --plot breakeven.png   # e.g. a GPU run's log
   python benchmarks/bench_breakeven.py --columns
 """
-import argparse
 import os
 import sys
 

@@ -5,7 +5,6 @@ the same three products on the im2col matrix. Prints one table; ratios are what 
 either backend (TINYITOP_BACKEND=cupy on a GPU: timings synchronised).
 Usage: python benchmarks/bench_layers.py [--repeats 5]
 """
-import argparse
 import os
 import sys
 import time

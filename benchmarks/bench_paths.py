@@ -7,7 +7,6 @@ pixels for a conv), on both paths, and the ratio of the path tinyitop chose to t
 as they are chosen separately (tinyitop/sparse_kernels.py, choose_paths).
   python benchmarks/bench_paths.py [--models mlp,vgg16,resnet18] [--repeats 3]
 """
-import argparse
 import os
 import sys
 

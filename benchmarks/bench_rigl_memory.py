@@ -7,7 +7,6 @@ a time (tinyitop/topology.py, top_gradient_positions), so the peak stays near SE
 Default: 784-20000x3-10 at 0.999 (ER), one epoch of 1,280 Fashion-MNIST samples (random 28x28
 images if Debian's dataset-fashion-mnist is absent), a topology update every 5 iterations.
 """
-import argparse
 import os
 import resource
 import subprocess
