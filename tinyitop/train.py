@@ -14,7 +14,7 @@ import numpy as np
 
 from tinyitop import backend as B
 from tinyitop import checkpoint, resume
-from tinyitop.config import EXPLORING, METHODS, MODEL_NAMES, Config, changed_settings, check_memory  # noqa: F401
+from tinyitop.config import EXPLORING, Config, check_memory  # noqa: F401  (Config: callers import it from here)
 from tinyitop.data import batches, fingerprint, load, split_validation
 from tinyitop.explore import Exploration
 from tinyitop.losses import accuracy_count
