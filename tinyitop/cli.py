@@ -226,7 +226,7 @@ def run_and_plot(config, plots=True):
 
 def main(argv=None):
     prepare_process()
-    if _exit_status(check_environment):      # a bad TINYITOP_BACKEND stops here, in one line
+    if _exit_status(check_environment):      # a bad TINYITOP_BACKEND or TINYITOP_THREADS stops here, in one line
         return 2
     parser = _Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")

@@ -8,7 +8,7 @@ import math
 
 from tinyitop.data import DATASETS, PAD_MODES, is_npz
 from tinyitop.init import INIT_METHODS
-from tinyitop.models import MODELS
+from tinyitop.models import MODELS, check_width
 from tinyitop.topology import GROWTH_MODES
 
 METHODS = ("dense", "static", "set", "rigl", "gmp", "snip", "snip-set", "lth", "lth-set")
@@ -63,6 +63,10 @@ class Config:
     @property
     def total_epochs(self):
         return self.epochs * self.multiplier
+
+    def steps_per_epoch(self, n_train):
+        """Iterations in an epoch of `n_train` training images (the last batch may be smaller)."""
+        return math.ceil(n_train / self.batch_size)
 
     def type_problems(self):
         """Settings of the wrong kind (a sweep config's "three" for epochs, null, 16 for [16]), each named."""
@@ -136,10 +140,13 @@ class Config:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.stop_exploration_epoch is not None and self.stop_exploration_epoch < 0:
             problems.append(f"stop_exploration_epoch must be >= 0, got {self.stop_exploration_epoch}")
-        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
-            problems.append(f"width must be a positive number, got {self.width!r}")
-        elif self.model == "mlp" and self.width != 1.0:
-            problems.append("width scales conv nets' channels; an mlp's sizes are --hidden")
+        try:
+            check_width(self.width)
+        except ValueError as err:
+            problems.append(str(err))
+        else:
+            if self.model == "mlp" and self.width != 1.0:
+                problems.append("width scales conv nets' channels; an mlp's sizes are --hidden")
         if self.model == "mlp" and not self.hidden:
             problems.append("mlp needs at least one hidden layer size")
         if any(h < 1 for h in self.hidden):

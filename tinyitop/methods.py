@@ -7,7 +7,6 @@ and rewinds its largest weights, GMP (Zhu & Gupta 2017) prunes gradually during 
 (tinyitop/baselines.py). The loop in train.py treats them all alike.
 """
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -49,7 +48,7 @@ def set_up(config, data, train_x, train_y, log):
     optimizer = SGD(model.named_parameters(), lr=config.lr, momentum=config.momentum,
                     nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     exploration = Exploration(sparse_layers(model))
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(len(train_x))
     total_steps = steps_per_epoch * config.total_epochs
     stop_step = None if config.stop_exploration_epoch is None else config.stop_exploration_epoch * steps_per_epoch
     updater = TopologyUpdater(model, optimizer, exploration, method=EXPLORING.get(config.method, "static"),

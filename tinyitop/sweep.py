@@ -124,11 +124,9 @@ def check_plot(path, plot, runs):
 
 def _saved_config(run_folder):
     """The settings a run folder was trained with (summary.json, else its checkpoint), or None."""
-    try:
-        with open(os.path.join(run_folder, "summary.json")) as f:
-            return json.load(f)["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    summary = _summary(*os.path.split(run_folder))
+    if summary is not None:
+        return summary["config"]
     if os.path.exists(os.path.join(run_folder, "checkpoint.npz")):
         try:
             return checkpoint.read_meta(os.path.join(run_folder, "checkpoint.npz"))["config"]

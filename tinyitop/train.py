@@ -90,7 +90,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
     check_memory(config, data)
     data_hash = fingerprint(data)
     if resuming:
-        resume.check_resumable(folder, config, data_hash, -(-len(train_x) // config.batch_size))
+        resume.check_resumable(folder, config, data_hash, config.steps_per_epoch(len(train_x)))
     setup = set_up(config, data, train_x, train_y, log)
     if config.method == "dense" and not resuming:
         folder.claim("init.npz")
