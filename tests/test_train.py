@@ -40,6 +40,17 @@ def test_metrics_file_has_every_field(tmp_path):
     assert summary["best_epoch"] in (1, 2, 3) and summary["test_acc_at_best_val"] is not None
 
 
+@pytest.mark.parametrize("augment, said", [(None, "augmentation: off (the default for this data set; --augment"),
+                                           (False, "augmentation: off"),
+                                           (True, "augmentation: reflect-padded random crop + flip")])
+def test_the_log_says_whether_images_are_augmented(tmp_path, augment, said):
+    lines = []
+    train(_config(tmp_path, model="vgg16", width=0.0625, epochs=1, limit_train=16, augment=augment), log=lines.append)
+    said_lines = [line for line in lines if line.startswith("augmentation:")]
+    assert len(said_lines) == 1 and said_lines[0].startswith(said)
+    assert (said_lines[0] == "augmentation: off") == (augment is False)
+
+
 def test_static_keeps_rs_at_density(tmp_path):
     run = train(_config(tmp_path, method="static", growth=None))
     rows = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))

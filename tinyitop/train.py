@@ -103,7 +103,7 @@ def _train(config, folder, resuming, log, on_epoch_end):
              "train_flops": 0.0, "dense_train_flops": 0.0}
     if resuming:
         state = resume.restore(folder, setup, data_rng, metrics, updates, log)
-    _log_start(config, data, setup, len(train_x), len(val_x), log)
+    _log_start(config, data, setup, len(train_x), len(val_x), augment, log)
     step = state["step"]
     try:
         for epoch in range(state["epoch"], config.total_epochs):
@@ -151,12 +151,15 @@ def _split(config, data):
     return (train_x, train_y), (val_x, val_y)
 
 
-def _log_start(config, data, setup, n_train, n_val, log):
+def _log_start(config, data, setup, n_train, n_val, augment, log):
     log(B.describe())
     model_name = config.model + (f" (width {config.width:g})" if config.width != 1.0 else "")
     log(f"{model_name} on {data.name}: {n_train} train / {n_val} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
         f"R_s at start {format_rs(setup.exploration.rs())}")
+    # Said on every run: an .npz (even of CIFAR images) gets none unless asked, and it moves results by points.
+    log(f"augmentation: {config.pad_mode}-padded random crop + flip" if augment else
+        "augmentation: off" + (" (the default for this data set; --augment adds crop + flip)" if config.augment is None else ""))
     if (config.method in EXPLORING or setup.pruner) and config.update_interval > setup.total_steps:
         log(f"warning: Delta T = {config.update_interval} iterations is more than this run's {setup.total_steps}: "
             f"no topology update will happen, so nothing is explored. Lower --update-interval")
