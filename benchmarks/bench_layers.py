@@ -9,10 +9,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from tinyitop import backend as B
+from tinyitop import backend as B  # first: it sets OpenBLAS's thread timeout before NumPy loads BLAS
+import numpy as np  # noqa: E402
 from bench_options import Parser, positive_int
 from tinyitop.layers import Conv2d, Linear
 
@@ -63,7 +62,7 @@ def bench_conv(batch, channels_in, channels_out, size, stride, repeats):
     x = device_normal((batch, channels_in, size, size))
     y = layer.forward(x)
     dout = device_normal(y.shape)
-    cols = layer.cols
+    cols = layer.cols.copy()   # the layer rewrites its columns' memory at each step
     w2 = layer.weight.data.reshape(channels_out, -1)
     dout2 = dout.transpose(1, 0, 2, 3).reshape(channels_out, -1).copy()
 

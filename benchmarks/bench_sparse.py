@@ -21,12 +21,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench_layers import sync  # noqa: E402  (waits for the GPU so a timing covers the kernels queued)
+from bench_layers import sync  # noqa: E402  (first: tinyitop sets OpenBLAS's thread timeout before NumPy loads)
+import numpy as np  # noqa: E402
 from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.models import resnet18, skip_input_gradient, sparsify, vgg16  # noqa: E402

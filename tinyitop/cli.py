@@ -12,7 +12,7 @@ from tinyitop.topology import GROWTH_MODES
 from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
 from tinyitop.rundir import claim
-from tinyitop.sparse_kernels import thread_count
+from tinyitop.threads import thread_count
 from tinyitop.train import TrainingInterrupted, train
 
 INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)

@@ -5,7 +5,7 @@ column per output pixel, (C*KH*KW, N*OH*OW), so that a weight matrix (O, C*KH*KW
 CSR, multiplies them directly with no transpose (docs/SPEED.md: why feature-major).
 """
 from tinyitop import backend as B
-from tinyitop import fused
+from tinyitop import fused, threads
 
 
 def output_size(size, kernel, stride, padding):
@@ -13,28 +13,37 @@ def output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(x, kernel_h, kernel_w, stride=1, padding=0):
-    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), same dtype as x.
+def im2col(x, kernel_h, kernel_w, stride=1, padding=0, out=None):
+    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), same dtype as x; written into `out` if it is an
+    array of that size and dtype (a conv's buffer from its last step: fresh, the columns of a narrow
+    VGG's first convs cost ~7 ms of page faults per 75 MB here, docs/SPEED.md).
 
     The input is copied once into a zero-padded channel-major (C, N, H+2p, W+2p) buffer; each of
     the KH*KW kernel offsets is then a plain strided slice of it, in the layout of the columns.
     When x is itself a channel-major buffer seen as NCHW (what Conv2d, BatchNorm and ReLU pass
     along), the first copy reads it contiguously. (Slicing NCHW directly would make every one of
-    those copies a transpose too: slower, docs/SPEED.md.)
+    those copies a transpose too: slower, docs/SPEED.md.) Channels are independent: on a CPU, blocks
+    of them run on separate threads (threads.py).
     """
     xp = B.xp
     n, c, h, w = x.shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
     if not fused.gpu():
-        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)        # (C, N, H+2p, W+2p)
-        padded[:, :, padding:padding + h, padding:padding + w] = x.transpose(1, 0, 2, 3)  # (C, N, H, W)
-        cols = xp.empty((c, kernel_h, kernel_w, n, out_h, out_w), dtype=x.dtype)
-        for ky in range(kernel_h):
-            y_end = ky + stride * out_h
-            for kx in range(kernel_w):
-                x_end = kx + stride * out_w
-                cols[:, ky, kx] = padded[:, :, ky:y_end:stride, kx:x_end:stride]          # (C, N, OH, OW)
+        channel_major = x.transpose(1, 0, 2, 3)                                             # (C, N, H, W)
+        shape = (c, kernel_h, kernel_w, n, out_h, out_w)
+        reuse = out is not None and out.size == c * kernel_h * kernel_w * n * out_h * out_w and out.dtype == x.dtype
+        cols = out.reshape(shape) if reuse else xp.empty(shape, dtype=x.dtype)
+
+        def block(ch):                               # channels ch only (threads.over_channels)
+            padded = xp.zeros(channel_major[ch].shape[:2] + (h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+            padded[:, :, padding:padding + h, padding:padding + w] = channel_major[ch]     # (c, N, H+2p, W+2p)
+            for ky in range(kernel_h):
+                y_end = ky + stride * out_h
+                for kx in range(kernel_w):
+                    x_end = kx + stride * out_w
+                    cols[ch, ky, kx] = padded[:, :, ky:y_end:stride, kx:x_end:stride]      # (c, N, OH, OW)
+        threads.over_channels(block, c, cols.nbytes)
         return cols.reshape(c * kernel_h * kernel_w, n * out_h * out_w)  # (C*KH*KW, N*OH*OW)
     return fused.im2col(x, kernel_h, kernel_w, stride, padding, out_h, out_w)   # GPU aside: the above, one kernel
 
@@ -52,10 +61,13 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
     if not fused.gpu():
         cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
         padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
-        for ky in range(kernel_h):
-            y_end = ky + stride * out_h
-            for kx in range(kernel_w):
-                x_end = kx + stride * out_w
-                padded[:, :, ky:y_end:stride, kx:x_end:stride] += cols[:, ky, kx]         # (C, N, OH, OW)
+
+        def block(ch):                               # channels ch only (threads.over_channels)
+            for ky in range(kernel_h):
+                y_end = ky + stride * out_h
+                for kx in range(kernel_w):
+                    x_end = kx + stride * out_w
+                    padded[ch, :, ky:y_end:stride, kx:x_end:stride] += cols[ch, ky, kx]    # (c, N, OH, OW)
+        threads.over_channels(block, c, cols.nbytes)
         return padded[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)  # (N, C, H, W) view
     return fused.col2im(cols, x_shape, kernel_h, kernel_w, stride, padding, out_h, out_w)   # GPU aside: one kernel

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from tinyitop import backend as B
-from tinyitop import fused
+from tinyitop import fused, threads
 from tinyitop.im2col import col2im, im2col, output_size
 
 DEFAULT_DTYPE = "float32"
@@ -171,7 +171,7 @@ class Conv2d(Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.stride, self.padding = stride, padding
-        self.x_shape = self.cols = None
+        self.x_shape = self.cols = self.spare = None
         return in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     def output_shape(self, x_shape):
@@ -191,7 +191,7 @@ class Conv2d(Module):
         out_h, out_w = self._check(x)
         kh, kw = self.kernel_size
         self.x_shape = x.shape
-        self.cols = im2col(x, kh, kw, self.stride, self.padding)          # (C*KH*KW, N*OH*OW)
+        self.cols = im2col(x, kh, kw, self.stride, self.padding, out=self.spare)  # (C*KH*KW, N*OH*OW)
         out = self._matmul(self.cols)                                      # (O, N*OH*OW)
         if self.bias is not None:
             out += self.bias.data[:, None]
@@ -206,6 +206,8 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.grad = dout2.sum(axis=1)                              # (O,)
         dcols = self._backward_matmul(dout2)                                # (C*KH*KW, N*OH*OW)
+        # The columns are spent: their memory is the next forward's (im2col's `out`), or dcols already.
+        self.spare, self.cols = self.cols, None
         if dcols is None:                                                   # first layer: no dx
             return None
         kh, kw = self.kernel_size
@@ -216,7 +218,9 @@ class Conv2d(Module):
         self.weight.grad = (dout2 @ self.cols.T).reshape(self.weight.shape)  # (O, M) @ (M, CKK)
         if not self.input_grad:
             return None
-        return w2.T @ dout2                                                 # (CKK, O) @ (O, M)
+        if fused.gpu():
+            return w2.T @ dout2                                             # (CKK, O) @ (O, M)
+        return B.xp.matmul(w2.T, dout2, out=self.cols)   # the same, over the spent columns (no page faults)
 
 
 class _BatchNorm(Module):
@@ -242,23 +246,51 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         check_input(self, x, self.ndim, self.num_features)
+        if self.training and x.size // self.num_features < 2:
+            raise ValueError(f"{type(self).__name__} in train mode needs more than one value per channel")
+        if fused.gpu():
+            return self._forward_gpu(x)
+        xp, channels = B.xp, self.num_features
+        y, self.x_hat = fused.like(x), fused.like(x)                       # laid out like x
+        self.inv_std = self._shape(xp.empty(channels, dtype=x.dtype))     # (1, C, 1, 1) for images
+        mean, var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
+        # Channels are independent: on a CPU, blocks of them run on separate threads (threads.py).
+        threads.over_channels(lambda c: self._normalise(x, c, y, mean, var), channels, 2 * x.nbytes)
         if self.training:
-            count = x.size // self.num_features
-            if count < 2:
-                raise ValueError(f"{type(self).__name__} in train mode needs more than one value per channel")
-            mean = x.mean(axis=self.axes, keepdims=True)                   # (1, C, 1, 1) for images
+            count = x.size // channels
+            self._update_running(mean, var, count / (count - 1))
+        return y
+
+    def _normalise(self, x, c, y, batch_mean, batch_var):
+        """Channels c: y = gamma (x - mean) / sqrt(var + eps) + beta, keeping x_hat and 1/std."""
+        xp, axes, x = B.xp, self.axes, x[:, c]
+        x_hat, inv_std = self.x_hat[:, c], self.inv_std[:, c]
+        if self.training:
+            mean = x.mean(axis=axes, keepdims=True)                        # (1, c, 1, 1) for images
+            xp.subtract(x, mean, out=x_hat)                                # centred, in place below
+            var = (x_hat * x_hat).mean(axis=axes, keepdims=True)           # biased, used to normalise
+            batch_mean[c], batch_var[c] = mean.reshape(-1), var.reshape(-1)
+        else:
+            mean, var = self._shape(self.running_mean[c]), self._shape(self.running_var[c])
+            xp.subtract(x, mean, out=x_hat)
+        inv_std[...] = 1 / xp.sqrt(var + self.eps)
+        x_hat *= inv_std                                                   # (x - mean) / std
+        xp.multiply(self._shape(self.weight.data[c]), x_hat, out=y[:, c])  # gamma x_hat
+        y[:, c] += self._shape(self.bias.data[c])                          # + beta
+
+    def _forward_gpu(self, x):
+        """GPU aside: _normalise on all channels in three kernels (fused.py); statistics as NumPy's."""
+        if self.training:
+            mean = x.mean(axis=self.axes, keepdims=True)
             centred = x - mean
-            var = (centred * centred).mean(axis=self.axes, keepdims=True)   # biased, used to normalise
+            var = (centred * centred).mean(axis=self.axes, keepdims=True)
+            count = x.size // self.num_features
             self._update_running(mean.reshape(-1), var.reshape(-1), count / (count - 1))
         else:
             mean, var = self._shape(self.running_mean), self._shape(self.running_var)
-        gamma, beta = self._shape(self.weight.data), self._shape(self.bias.data)
-        if not fused.gpu():
-            self.inv_std = 1 / B.xp.sqrt(var + self.eps)                   # (1, C, 1, 1)
-            self.x_hat = (x - mean) * self.inv_std                          # normalised per channel
-            return gamma * self.x_hat + beta
-        self.inv_std = fused.inverse_std(var, self.eps)     # GPU aside: the three lines above in two
-        self.x_hat, y = fused.bn_normalise(x, mean, self.inv_std, gamma, beta)      # kernels (fused.py)
+        self.inv_std = fused.inverse_std(var, self.eps)
+        self.x_hat, y = fused.bn_normalise(x, mean, self.inv_std, self._shape(self.weight.data),
+                                           self._shape(self.bias.data))
         return y
 
     def _update_running(self, mean, var, unbias):
@@ -272,20 +304,40 @@ class _BatchNorm(Module):
         fused.running_update(self.running_var, var, self.momentum, unbias)
 
     def backward(self, dout):
-        axes = self.axes
-        self.bias.grad = dout.sum(axis=axes)                         # (C,)
-        self.weight.grad = (dout * self.x_hat).sum(axis=axes)        # (C,)
-        gamma = self._shape(self.weight.data)
-        if not self.training:                                        # statistics are constants
-            return dout * (gamma * self.inv_std)
+        xp, channels = B.xp, self.num_features
+        if fused.gpu():
+            return self._backward_gpu(dout)
+        self.bias.grad = xp.empty(channels, dtype=dout.dtype)
+        self.weight.grad = xp.empty(channels, dtype=dout.dtype)
+        dx = fused.like(dout)
+        threads.over_channels(lambda c: self._input_grad(dout, c, dx), channels, 3 * dout.nbytes)
+        return dx
+
+    def _input_grad(self, dout, c, dx):
+        """Channels c: gamma and beta gradients, and dx into dx[:, c]."""
+        xp, axes, dout, x_hat = B.xp, self.axes, dout[:, c], self.x_hat[:, c]
+        dbeta_sum = dout.sum(axis=axes, keepdims=True)                     # (1, c, 1, 1)
+        dgamma_sum = (dout * x_hat).sum(axis=axes, keepdims=True)
+        self.bias.grad[c], self.weight.grad[c] = dbeta_sum.reshape(-1), dgamma_sum.reshape(-1)
+        scale = self._shape(self.weight.data[c]) * self.inv_std[:, c]     # gamma / std
+        if not self.training:                                              # statistics are constants
+            xp.multiply(dout, scale, out=dx[:, c])
+            return
         # Mean and variance depend on x too: the two mean terms are their gradients,
         # dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), the means being the two sums / count.
+        count = dout.size // dout.shape[1]
+        xp.multiply(scale, dout - dbeta_sum / count - x_hat * (dgamma_sum / count), out=dx[:, c])
+
+    def _backward_gpu(self, dout):
+        """GPU aside: _input_grad on all channels, dx in one kernel (fused.py)."""
+        axes, gamma = self.axes, self._shape(self.weight.data)
+        self.bias.grad = dout.sum(axis=axes)
+        self.weight.grad = (dout * self.x_hat).sum(axis=axes)
+        if not self.training:
+            return dout * (gamma * self.inv_std)
         count = dout.size // self.num_features
-        dbeta_sum, dgamma_sum = self._shape(self.bias.grad), self._shape(self.weight.grad)
-        if not fused.gpu():
-            return gamma * self.inv_std * (dout - dbeta_sum / count - self.x_hat * (dgamma_sum / count))
-        return fused.bn_input_grad(dout, self.x_hat, gamma, self.inv_std, dbeta_sum, dgamma_sum,  # GPU aside:
-                                   count)                                                     # one kernel
+        return fused.bn_input_grad(dout, self.x_hat, gamma, self.inv_std, self._shape(self.bias.grad),
+                                   self._shape(self.weight.grad), count)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -299,28 +351,39 @@ class BatchNorm2d(_BatchNorm):
 
 
 class ReLU(Module):
-    """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask)."""
+    """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask).
+    On a CPU, blocks of channels run on separate threads (threads.py); the math is the same."""
 
     def forward(self, x):
-        self.y = B.xp.maximum(x, 0, out=fused.like(x))     # laid out like x (fused.like says why)
+        self.y = fused.like(x)                             # laid out like x (fused.like says why)
+        threads.over_channels(lambda c: B.xp.maximum(x[:, c], 0, out=self.y[:, c]), x.shape[1], 2 * x.nbytes)
         return self.y
 
     def forward_add(self, a, b):
         """relu(a + b), the end of a residual block."""
-        if not fused.gpu():
-            self.y = B.xp.maximum(a + b, 0)
-        else:                                              # GPU aside: the line above as one kernel
+        if fused.gpu():                                    # GPU aside: the two lines below as one kernel
             self.y = fused.add_relu(a, b)
+            return self.y
+        self.y = fused.like(a)
+
+        def block(c):
+            B.xp.add(a[:, c], b[:, c], out=self.y[:, c])
+            B.xp.maximum(self.y[:, c], 0, out=self.y[:, c])
+        threads.over_channels(block, a.shape[1], 3 * a.nbytes)
         return self.y
 
     def backward(self, dout):
-        if not fused.gpu():
-            return dout * (self.y > 0)                     # dx = dout where y > 0, else 0
-        return fused.relu_backward(dout, self.y)           # GPU aside: the line above as one kernel
+        if fused.gpu():
+            return fused.relu_backward(dout, self.y)       # GPU aside: the line below as one kernel
+        dx = fused.like(dout)
+        threads.over_channels(lambda c: B.xp.multiply(dout[:, c], self.y[:, c] > 0, out=dx[:, c]),  # dout where y > 0
+                              dout.shape[1], 3 * dout.nbytes)
+        return dx
 
 
 class _Pool2d(Module):
-    """Non-overlapping pooling (stride == kernel), PyTorch floor mode: extra rows/cols dropped."""
+    """Non-overlapping pooling (stride == kernel), PyTorch floor mode: extra rows/cols dropped.
+    Channels are independent: on a CPU, blocks of them run on separate threads (threads.py)."""
 
     def __init__(self, kernel_size, stride=None):
         if stride is not None and stride != kernel_size:
@@ -328,50 +391,88 @@ class _Pool2d(Module):
                              f"got kernel {kernel_size}, stride {stride}")
         self.kernel_size = kernel_size
 
-    def _windows(self, x):
-        """(N, C, H, W) -> (N, C, OH, OW, k*k), one row per pooling window."""
+    def _check(self, x):
+        """Remember x's shape; return an empty output (N, C, OH, OW), channel-major like a conv's."""
         check_input(self, x, 4)
         k = self.kernel_size
         n, c, h, w = x.shape
-        out_h, out_w = h // k, w // k
-        if out_h < 1 or out_w < 1:
+        if h // k < 1 or w // k < 1:
             raise ValueError(f"{type(self).__name__}({k}) got an input smaller than the window: {tuple(x.shape)}")
         self.x_shape = x.shape
-        x = x[:, :, :out_h * k, :out_w * k].reshape(n, c, out_h, k, out_w, k)    # (N, C, OH, k, OW, k)
-        return x.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, out_h, out_w, k * k)  # (N, C, OH, OW, k*k)
+        return B.xp.empty((c, n, h // k, w // k), dtype=x.dtype).transpose(1, 0, 2, 3)
 
-    def _unwindows(self, dwin):
-        """Adjoint of _windows: (N, C, OH, OW, k*k) -> (N, C, H, W), zeros where rows were dropped."""
+    def _windows(self, x):
+        """(N, c, H, W) -> (N, c, OH, OW, k*k), one row per pooling window."""
         k = self.kernel_size
-        n, c, h, w = self.x_shape
-        out_h, out_w = dwin.shape[2], dwin.shape[3]
-        d = dwin.reshape(n, c, out_h, out_w, k, k).transpose(0, 1, 2, 4, 3, 5)  # (N, C, OH, k, OW, k)
-        dx = B.xp.zeros(self.x_shape, dtype=dwin.dtype)
+        n, c, h, w = x.shape
+        out_h, out_w = h // k, w // k
+        x = x[:, :, :out_h * k, :out_w * k].reshape(n, c, out_h, k, out_w, k)    # (N, c, OH, k, OW, k)
+        return x.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, out_h, out_w, k * k)  # (N, c, OH, OW, k*k)
+
+    def _unwindows(self, dwin, dx):
+        """Adjoint of _windows: (N, c, OH, OW, k*k) -> dx (N, c, H, W), zeros where rows were dropped."""
+        k = self.kernel_size
+        n, c, out_h, out_w = dwin.shape[:4]
+        d = dwin.reshape(n, c, out_h, out_w, k, k).transpose(0, 1, 2, 4, 3, 5)  # (N, c, OH, k, OW, k)
+        dx[...] = 0
         dx[:, :, :out_h * k, :out_w * k] = d.reshape(n, c, out_h * k, out_w * k)
-        return dx
+
+    def _dx(self, dtype):
+        # NCHW in memory: the BatchNorm below sums this gradient in memory order, so the layout sets
+        # its rounding; a change of layout would change results in the last bits.
+        return B.xp.empty(self.x_shape, dtype=dtype)
 
 
 class MaxPool2d(_Pool2d):
+    def _views(self, x):
+        """The k*k strided views of x (N, c, H, W), each (N, c, OH, OW): one per position in the window."""
+        k = self.kernel_size
+        out_h, out_w = x.shape[2] // k, x.shape[3] // k
+        return [x[:, :, i:out_h * k:k, j:out_w * k:k] for i in range(k) for j in range(k)]
+
     def forward(self, x):
-        windows = self._windows(x)                                      # (N, C, OH, OW, k*k)
-        self.argmax = windows.argmax(axis=-1)                           # (N, C, OH, OW)
-        return B.xp.take_along_axis(windows, self.argmax[..., None], axis=-1)[..., 0]
+        self.x, self.y = x, self._check(x)             # x is kept by the ReLU before it anyway
+
+        def block(c):                                  # max over each window = max over the k*k views
+            views, y = self._views(x[:, c]), self.y[:, c]
+            y[...] = views[0]
+            for view in views[1:]:
+                B.xp.maximum(y, view, out=y)
+        threads.over_channels(block, x.shape[1], 2 * x.nbytes)
+        return self.y
 
     def backward(self, dout):
-        k2 = self.kernel_size ** 2
-        # The gradient goes to the one maximum of each window (first one on ties).
-        onehot = B.xp.arange(k2) == self.argmax[..., None]              # (N, C, OH, OW, k*k)
-        return self._unwindows(onehot * dout[..., None])
+        dx = self._dx(dout.dtype)
+        n, c, h, w = self.x_shape
+        if h % self.kernel_size or w % self.kernel_size:
+            dx[...] = 0                                # rows/cols that floor mode dropped get no gradient
+
+        def block(c):
+            # The gradient goes to the one maximum of each window: the first view that equals it.
+            y, taken = self.y[:, c], B.xp.zeros(self.y[:, c].shape, dtype=bool)
+            for view, dx_view in zip(self._views(self.x[:, c]), self._views(dx[:, c])):
+                hit = (view == y) & ~taken
+                taken |= hit
+                B.xp.multiply(dout[:, c], hit, out=dx_view)
+        threads.over_channels(block, dout.shape[1], 8 * dout.nbytes)
+        return dx
 
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
-        return self._windows(x).mean(axis=-1)                           # (N, C, OH, OW)
+        out = self._check(x)
+        threads.over_channels(lambda c: self._windows(x[:, c]).mean(axis=-1, out=out[:, c]),   # (N, c, OH, OW)
+                              x.shape[1], 2 * x.nbytes)
+        return out
 
     def backward(self, dout):
-        k2 = self.kernel_size ** 2
-        dwin = B.xp.broadcast_to(dout[..., None] / k2, dout.shape + (k2,))
-        return self._unwindows(dwin)
+        k2, dx = self.kernel_size ** 2, self._dx(dout.dtype)
+
+        def block(c):
+            dwin = B.xp.broadcast_to(dout[:, c, ..., None] / k2, dout[:, c].shape + (k2,))
+            self._unwindows(dwin, dx[:, c])
+        threads.over_channels(block, dout.shape[1], 8 * dout.nbytes)
+        return dx
 
 
 class Flatten(Module):

@@ -17,10 +17,8 @@ The thresholds are constants, not calibrated at run time, so a run always takes 
 a resumed run stays bit-identical. On a CPU the kernels split their work over two threads (SciPy's
 and NumPy's kernels release the GIL).
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 from tinyitop import backend as B
+from tinyitop.threads import parallel, pool
 
 PRODUCT_CSR_MAX_DENSITY = {"numpy": {"in cache": 0.05, "beyond cache": 0.03},
                            "cupy": {"in cache": 0.002, "beyond cache": 0.002}}
@@ -71,43 +69,14 @@ def grad_at_nonzeros(weight, path, dout_t, inputs_t):
 
 
 # ---- the kernels ---------------------------------------------------------------------------------
-def thread_count():
-    """TINYITOP_THREADS, else min(2, cores); 1 turns threads off (the sweep runner's one process per core).
-    A bad value is a ValueError naming the variable (the command line checks it before any work)."""
-    value = os.environ.get("TINYITOP_THREADS", "")
-    if not value:
-        return max(1, min(2, os.cpu_count() or 1))
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"TINYITOP_THREADS must be a positive integer (or unset), got {value!r}")
-    return int(value)
-
-
-_pools = {}         # thread count -> ThreadPoolExecutor, made at first use (not at import)
-
-
-def _pool():
-    threads = thread_count()
-    if threads > 1 and threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads)
-    return _pools.get(threads)
-
-
-def _parallel(tasks):
-    """Run zero-argument functions; on NumPy spread them over the cores (CuPy: kernels are async)."""
-    pool = _pool() if B.name == "numpy" and len(tasks) > 1 else None
-    if pool is None:
-        return [task() for task in tasks]
-    return list(pool.map(lambda task: task(), tasks))
-
-
 def spmm(matrix, dense):
     """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
     xp = B.xp
     m = dense.shape[1]
-    if B.name != "numpy" or m < 64 or matrix.nnz < 40_000 or _pool() is None:
+    if B.name != "numpy" or m < 64 or matrix.nnz < 40_000 or pool() is None:
         return xp.asarray(matrix @ dense)
     half = m // 2
-    parts = _parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),
+    parts = parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),
                        lambda: matrix @ xp.ascontiguousarray(dense[:, half:])])
     return xp.concatenate(parts, axis=1)
 
@@ -130,7 +99,7 @@ def sddmm(left, right, rows, cols, order=None):
             e = min(s + chunk, stop)
             result[s:e] = xp.einsum("km,km->k", left[rows[s:e]], right[cols[s:e]])  # (k, M) . (k, M)
     split = nnz // 2 if B.name == "numpy" and nnz > 4 * chunk else nnz
-    _parallel([lambda: run(0, split), lambda: run(split, nnz)] if split < nnz else [lambda: run(0, nnz)])
+    parallel([lambda: run(0, split), lambda: run(split, nnz)] if split < nnz else [lambda: run(0, nnz)])
     if order is None:
         return result
     out = xp.empty_like(result)
