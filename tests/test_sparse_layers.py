@@ -246,3 +246,21 @@ def test_fan_in_scaling_keeps_deep_sparse_activations_alive(host_rng):
     plain = last_hidden_std(sparsity=0.955, init="er")
     scaled = last_hidden_std(sparsity=0.955, init="er", fan_in_scaling=True)
     assert plain < 0.3 * dense and 0.7 * dense < scaled < 1.4 * dense
+
+
+def test_conv_input_gradient_never_overwrites_columns_that_rigl_still_scores(monkeypatch):
+    """On a CPU dcols is written over the spent im2col columns (no page faults), except on a RigL
+    step whose layer is too big for a dense gradient: growth then scores the kept columns. (Today such
+    a layer also multiplies on CSR, which writes a new array; the dense product is forced here.)"""
+    from tinyitop import sparse_kernels
+    from tinyitop.im2col import im2col
+    from tinyitop.sparse import SparseConv2d
+    monkeypatch.setattr(sparse_kernels, "DENSE_BUFFER_MAX_BYTES", 0)     # every layer "too big"
+    layer = SparseConv2d(4, 6, 3, padding=1, density=0.5)
+    layer.paths = lambda columns=None: ("dense", "dense+take")
+    x = B.to_device(np.random.default_rng(0).standard_normal((3, 4, 8, 8)), dtype="float32")
+    layer.keep_dense_grad = True
+    layer.forward(x)
+    layer.backward(B.to_device(np.random.default_rng(1).standard_normal((3, 6, 8, 8)), dtype="float32"))
+    assert layer.grad_operands is not None
+    np.testing.assert_array_equal(B.to_host(layer.grad_operands[1]), B.to_host(im2col(x, 3, 3, 1, 1)))

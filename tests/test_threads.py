@@ -1,4 +1,8 @@
 """threads.over_channels: every channel exactly once, and the same bits whatever the thread count."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -110,3 +114,25 @@ def test_sparse_vgg_training_same_bits_on_one_or_two_threads(monkeypatch):
             opt.step()
         weights.append([B.to_host(p.data).copy() for _, p in model.named_parameters()])
     assert all(np.array_equal(p, q) for p, q in zip(*weights))
+
+
+@pytest.mark.parametrize("spins, threads_env, noted", [(True, "2", True), (False, "2", False), (True, "1", False)])
+def test_the_log_notes_when_numpy_came_first_and_blas_threads_spin(monkeypatch, tmp_path, spins, threads_env, noted):
+    import tinyitop
+    from tinyitop.train import Config, train
+    monkeypatch.setattr(tinyitop, "BLAS_SPINS", spins)
+    monkeypatch.setenv("TINYITOP_THREADS", threads_env)
+    lines = []
+    train(Config(dataset="synthetic", hidden=(16,), epochs=1, limit_train=64, out=str(tmp_path / "run"), progress=False),
+          log=lines.append)
+    assert any("OPENBLAS_THREAD_TIMEOUT=4" in line for line in lines) == noted
+
+
+def test_tinyitop_sets_the_blas_timeout_when_imported_before_numpy():
+    code = "import os, tinyitop; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], tinyitop.BLAS_SPINS)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["4", "False"]
+    first = subprocess.run([sys.executable, "-c", "import numpy, tinyitop; print(tinyitop.BLAS_SPINS)"],
+                           capture_output=True, text=True, env=env, check=True).stdout
+    assert first.strip() == "True"

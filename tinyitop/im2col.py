@@ -36,8 +36,8 @@ def im2col(x, kernel_h, kernel_w, stride=1, padding=0, out=None):
         cols = out.reshape(shape) if reuse else xp.empty(shape, dtype=x.dtype)
 
         def block(ch):                               # channels ch only (threads.over_channels)
-            padded = xp.zeros(channel_major[ch].shape[:2] + (h + 2 * padding, w + 2 * padding), dtype=x.dtype)
-            padded[:, :, padding:padding + h, padding:padding + w] = channel_major[ch]     # (c, N, H+2p, W+2p)
+            pad = (padding, padding)
+            padded = xp.pad(channel_major[ch], ((0, 0), (0, 0), pad, pad))                  # (c, N, H+2p, W+2p)
             for ky in range(kernel_h):
                 y_end = ky + stride * out_h
                 for kx in range(kernel_w):
@@ -60,9 +60,10 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
     out_w = output_size(w, kernel_w, stride, padding)
     if not fused.gpu():
         cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
-        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
+        padded = xp.empty((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
 
         def block(ch):                               # channels ch only (threads.over_channels)
+            padded[ch] = 0
             for ky in range(kernel_h):
                 y_end = ky + stride * out_h
                 for kx in range(kernel_w):

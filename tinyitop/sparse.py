@@ -140,11 +140,12 @@ class _SparseMixin:
         self.dense_weight = self.weight.scatter_dense()          # faster here: BLAS on a dense copy
         return self.dense_weight @ x_t
 
-    def _product_t(self, dout_t):
-        """dX = W^T @ dout_t: (in, out) @ (out, M) -> (in, M), on the path the forward took."""
+    def _product_t(self, dout_t, out=None):
+        """dX = W^T @ dout_t: (in, out) @ (out, M) -> (in, M), on the path the forward took (the dense
+        path writes into `out` if given)."""
         if self.dense_weight is None:
             return kernels.spmm(self.weight.csr.T, dout_t)
-        return self.dense_weight.T @ dout_t
+        return B.xp.matmul(self.dense_weight.T, dout_t, out=out)
 
     def _weight_grad(self, dout_t, inputs_t):
         """dW at the nonzeros only: dout_t (out, M), inputs_t (in, M) -> (nnz,) in CSR order."""
@@ -205,7 +206,8 @@ class SparseConv2d(_SparseMixin, Conv2d):
         self.weight.grad = self._weight_grad(dout2, self.cols)         # (nnz,)
         if not self.input_grad:
             return None
-        return self._product_t(dout2)                                        # (CKK, O) @ (O, M)
+        spent = self._spent_columns() if self.grad_operands is None else None   # RigL still needs them
+        return self._product_t(dout2, out=spent)                             # (CKK, O) @ (O, M)
 
 
 SPARSE_TYPES = (SparseLinear, SparseConv2d)

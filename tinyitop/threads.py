@@ -53,6 +53,15 @@ def parallel(tasks):
     return [first] + [future.result() for future in futures]
 
 
+def blas_note():
+    """A line for the run log when OpenBLAS's idle threads spin (NumPy loaded before tinyitop), else None."""
+    import tinyitop
+    if pool() is None or not tinyitop.BLAS_SPINS:
+        return None
+    return ("note: NumPy was imported before tinyitop, so OpenBLAS's idle threads spin and hold the core that "
+            "tinyitop's threads want (conv steps ~1.3x slower); import tinyitop first or export OPENBLAS_THREAD_TIMEOUT=4")
+
+
 def over_channels(block, channels, nbytes):
     """Call block(c) for slices c that cover range(channels), in parallel when `nbytes` (the data the
     pass touches) is at least SPLIT_MIN_BYTES. block(c) must touch channels c only."""

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from tinyitop import backend as B
-from tinyitop import checkpoint, resume
+from tinyitop import checkpoint, resume, threads
 from tinyitop.config import EXPLORING, Config, check_memory  # noqa: F401  (Config: callers import it from here)
 from tinyitop.data import batches, fingerprint, load, split_validation
 from tinyitop.explore import Exploration
@@ -153,6 +153,8 @@ def _split(config, data):
 
 def _log_start(config, data, setup, n_train, n_val, augment, log):
     log(B.describe())
+    if threads.blas_note():
+        log(threads.blas_note())
     model_name = config.model + (f" (width {config.width:g})" if config.width != 1.0 else "")
     log(f"{model_name} on {data.name}: {n_train} train / {n_val} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
