@@ -1,7 +1,8 @@
 """Where splitting a pass over channel blocks on two threads pays (threads.SPLIT_MIN_BYTES).
 
 Times ReLU (forward + backward), BatchNorm2d (forward + backward) and im2col + col2im on
-channel-major activations of growing size, on one thread and split on two, and prints the ratio.
+channel-major activations of growing size, on one thread and split on two, each call right after a
+BLAS product as in a training step, and prints the ratio.
 The break-even is the smallest size whose ratio stays below 1. NumPy only (on a GPU nothing is split).
 tinyitop sets OPENBLAS_THREAD_TIMEOUT=4 unless it is set; OPENBLAS_THREAD_TIMEOUT=28 (OpenBLAS's
 default) shows how BLAS's spinning idle threads take the second core (docs/SPEED.md).
@@ -20,10 +21,12 @@ from tinyitop.im2col import col2im, im2col  # noqa: E402
 from tinyitop.layers import BatchNorm2d, ReLU  # noqa: E402
 
 
-def median_ms(fn, repeats):
+def median_ms(fn, repeats, product):
+    """Median time of fn, each call right after an (untimed) BLAS product, as in a training step."""
     fn()
     times = []
     for _ in range(repeats):
+        product()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -46,6 +49,7 @@ def main():
     args = parser.parse_args()
     B.use("numpy")
     threads.SPLIT_MIN_BYTES = 0                          # split every size; the table shows where it pays
+    a, b = np.ones((256, 256), dtype=np.float32), np.ones((256, 8192), dtype=np.float32)
     print(f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}; "
           "ms per call, one thread / two threads (channel blocks)")
     print(f"{'pass':14s} {'activation':>22s} {'KiB':>8s} {'1 thread':>9s} {'2 threads':>9s} {'2/1':>6s}")
@@ -54,7 +58,7 @@ def main():
             ms = []
             for count in ("1", "2"):
                 os.environ["TINYITOP_THREADS"] = count
-                ms.append(median_ms(fn, args.repeats))
+                ms.append(median_ms(fn, args.repeats, lambda: a @ b))
             kib = channels * batch * side * side * 4 / 1024
             print(f"{name:14s} {f'({batch}, {channels}, {side}, {side})':>22s} {kib:8.0f} {ms[0]:9.3f} {ms[1]:9.3f} "
                   f"{ms[1] / ms[0]:6.2f}", flush=True)

@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tinyitop import backend as B
 
-# Below this many bytes a pass is not split: handing a block to a thread and waiting costs ~20-40 us,
-# as much as a NumPy pass over ~256 KiB takes here (benchmarks/bench_layers.py, docs/SPEED.md).
-SPLIT_MIN_BYTES = 1 << 20
+# Below this many bytes touched a pass is not split: waking a worker and waiting for it costs ~0.3 ms
+# here, as much as a 2 MiB pass. Measured by benchmarks/bench_threads.py (docs/SPEED.md): two threads
+# lose below ~2-4 MiB touched (BatchNorm 2 MiB: 1.25x slower, 4 MiB: 0.75x) and win 1.5-2.5x at 16+ MiB.
+SPLIT_MIN_BYTES = 4 << 20
 
 
 def thread_count():
