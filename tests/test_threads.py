@@ -136,3 +136,16 @@ def test_tinyitop_sets_the_blas_timeout_when_imported_before_numpy():
     first = subprocess.run([sys.executable, "-c", "import numpy, tinyitop; print(tinyitop.BLAS_SPINS)"],
                            capture_output=True, text=True, env=env, check=True).stdout
     assert first.strip() == "True"
+
+
+@pytest.mark.parametrize("height", [32, 33])
+def test_maxpool_gpu_aside_gives_the_plain_paths_bits(monkeypatch, height):
+    """The GPU aside (one argmax over the windows: fewer launches) and the k*k strided views agree,
+    ties included (all-zero windows after a ReLU send the gradient to the first position)."""
+    from tinyitop import fused
+    rng = np.random.default_rng(4)
+    x = np.maximum(_channel_major(rng, (16, 6, height, 32)), 0)       # many ties at 0
+    dout = _channel_major(rng, (16, 6, 16, 16))
+    plain = _layer_results(MaxPool2d(2), x, dout)
+    monkeypatch.setattr(fused, "gpu", lambda: True)
+    _same(plain, _layer_results(MaxPool2d(2), x, dout))
