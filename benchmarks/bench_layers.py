@@ -22,12 +22,16 @@ def sync():
         B.xp.cuda.Device().synchronize()
 
 
-def median_ms(fn, repeats):
+def median_ms(fn, repeats, before=None):
+    """Median ms of fn over `repeats` calls, synchronised; `before` (untimed) runs ahead of each call."""
     fn()  # warm-up (on a GPU: kernel compilation, cached plans)
     fn()
     sync()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
+            sync()
         start = time.perf_counter()
         fn()
         sync()

@@ -10,27 +10,15 @@ Usage: python benchmarks/bench_threads.py [--repeats 20]
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 os.environ.setdefault("TINYITOP_BACKEND", "numpy")
 from tinyitop import backend as B, threads  # noqa: E402  (first: it sets OpenBLAS's thread timeout)
 import numpy as np  # noqa: E402
+from bench_layers import median_ms  # noqa: E402
 from bench_options import Parser, positive_int  # noqa: E402
 from tinyitop.im2col import col2im, im2col  # noqa: E402
 from tinyitop.layers import BatchNorm2d, ReLU  # noqa: E402
-
-
-def median_ms(fn, repeats, product):
-    """Median time of fn, each call right after an (untimed) BLAS product, as in a training step."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        product()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def passes(channels, batch, side):
@@ -58,7 +46,7 @@ def main():
             ms = []
             for count in ("1", "2"):
                 os.environ["TINYITOP_THREADS"] = count
-                ms.append(median_ms(fn, args.repeats, lambda: a @ b))
+                ms.append(median_ms(fn, args.repeats, before=lambda: a @ b))   # a product first, as in a step
             kib = channels * batch * side * side * 4 / 1024
             print(f"{name:14s} {f'({batch}, {channels}, {side}, {side})':>22s} {kib:8.0f} {ms[0]:9.3f} {ms[1]:9.3f} "
                   f"{ms[1] / ms[0]:6.2f}", flush=True)
