@@ -4,6 +4,8 @@ Layout is NCHW. The columns are stored *feature-major*: one row per (channel, ky
 column per output pixel, (C*KH*KW, N*OH*OW), so that a weight matrix (O, C*KH*KW), dense or
 CSR, multiplies them directly with no transpose (docs/SPEED.md: why feature-major).
 """
+import math
+
 from tinyitop import backend as B
 from tinyitop import fused, threads
 
@@ -32,7 +34,7 @@ def im2col(x, kernel_h, kernel_w, stride=1, padding=0, out=None):
     if not fused.gpu():
         channel_major = x.transpose(1, 0, 2, 3)                                             # (C, N, H, W)
         shape = (c, kernel_h, kernel_w, n, out_h, out_w)
-        reuse = out is not None and out.size == c * kernel_h * kernel_w * n * out_h * out_w and out.dtype == x.dtype
+        reuse = out is not None and out.size == math.prod(shape) and out.dtype == x.dtype
         cols = out.reshape(shape) if reuse else xp.empty(shape, dtype=x.dtype)
 
         def block(ch):                               # channels ch only (threads.over_channels)

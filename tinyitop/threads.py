@@ -17,6 +17,7 @@ from tinyitop import backend as B
 # here, as much as a 2 MiB pass. Measured by benchmarks/bench_threads.py (docs/SPEED.md): two threads
 # lose below ~2-4 MiB touched (BatchNorm 2 MiB: 1.25x slower, 4 MiB: 0.75x) and win 1.5-2.5x at 16+ MiB.
 SPLIT_MIN_BYTES = 4 << 20
+CORES = os.cpu_count() or 1     # read once: every pass asks thread_count(), ~400 times a VGG step
 
 
 def thread_count():
@@ -24,7 +25,7 @@ def thread_count():
     A bad value is a ValueError naming the variable (the command line checks it before any work)."""
     value = os.environ.get("TINYITOP_THREADS", "")
     if not value:
-        return max(1, min(2, os.cpu_count() or 1))
+        return max(1, min(2, CORES))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"TINYITOP_THREADS must be a positive integer (or unset), got {value!r}")
     return int(value)
