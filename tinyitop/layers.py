@@ -447,8 +447,7 @@ class MaxPool2d(_Pool2d):
         return self.y
 
     def backward(self, dout):
-        dx = self._dx(dout.dtype)
-        n, c, h, w = self.x_shape
+        dx, (h, w) = self._dx(dout.dtype), self.x_shape[2:]
         if fused.gpu():
             return self._backward_gpu(dout, dx)
         if h % self.kernel_size or w % self.kernel_size:
