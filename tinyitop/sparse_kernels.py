@@ -73,11 +73,11 @@ def spmm(matrix, dense):
     """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
     xp = B.xp
     m = dense.shape[1]
-    if B.name != "numpy" or m < 64 or matrix.nnz < 40_000 or pool() is None:
+    if m < 64 or matrix.nnz < 40_000 or pool() is None:              # pool(): None on CuPy too
         return xp.asarray(matrix @ dense)
     half = m // 2
     parts = parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),
-                       lambda: matrix @ xp.ascontiguousarray(dense[:, half:])])
+                      lambda: matrix @ xp.ascontiguousarray(dense[:, half:])])
     return xp.concatenate(parts, axis=1)
 
 

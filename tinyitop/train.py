@@ -153,8 +153,9 @@ def _split(config, data):
 
 def _log_start(config, data, setup, n_train, n_val, augment, log):
     log(B.describe())
-    if threads.blas_note():
-        log(threads.blas_note())
+    note = threads.blas_note()
+    if note:
+        log(note)
     model_name = config.model + (f" (width {config.width:g})" if config.width != 1.0 else "")
     log(f"{model_name} on {data.name}: {n_train} train / {n_val} val / {len(data.test_x)} test, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
