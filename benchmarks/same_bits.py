@@ -1,8 +1,9 @@
 """Whether two checkouts train to the same bits: a speed change must not change results.
 
-Trains VGG-16 and ResNet-18 (width 1/4, sparse 0.9 ERK, batch 64, Nesterov SGD with weight decay)
-for 3 steps from seed 0 in each tree, then one eval forward, and prints a hash of the losses, the
-eval logits and every parameter; the same hash means the same masks, weights and R_s.
+Trains VGG-16 and ResNet-18 (width 1/4, sparse 0.9 ERK and dense, batch 64, Nesterov SGD with
+weight decay) for 3 steps from seed 0 in each tree, the last one keeping the dense gradients a RigL
+update scores, then one eval forward, and prints a hash of the losses, those gradients, the eval
+logits and every parameter; the same hash means the same masks, weights and R_s.
 
     python benchmarks/same_bits.py OLD_TREE .      # e.g. OLD_TREE from `git worktree add /tmp/old REV`
 """
@@ -17,17 +18,27 @@ import hashlib, sys
 sys.path.insert(0, sys.argv[1])
 from tinyitop import backend as B, SGD, SoftmaxCrossEntropy
 from tinyitop.models import resnet18, sparsify, vgg16
+from tinyitop.topology import sparse_layers
 import numpy as np
 B.use("numpy")
-for name, make in (("vgg16", vgg16), ("resnet18", resnet18)):
+for name, make, sparsity in (("vgg16", vgg16, 0.9), ("resnet18", resnet18, 0.9),
+                             ("vgg16-dense", vgg16, 0.0), ("resnet18-dense", resnet18, 0.0)):
     B.seed(0)
-    model = sparsify(make(10, width=0.25), 0.9, "erk")
+    model = make(10, width=0.25)
+    if sparsity:
+        sparsify(model, sparsity, "erk")
     opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn, rng, digest = SoftmaxCrossEntropy(), np.random.default_rng(0), hashlib.sha256()
-    for _ in range(3):
+    for step in range(3):
+        rigl = step == 2 and sparsity          # the last step keeps the dense gradients RigL scores
+        for layer in sparse_layers(model).values():
+            layer.keep_dense_grad = bool(rigl)
         x = B.to_device(rng.standard_normal((64, 3, 32, 32)), dtype="float32")
         digest.update(np.float64(loss_fn.forward(model.forward(x), B.to_device(rng.integers(0, 10, 64)))).tobytes())
         model.backward(loss_fn.backward())
+        for layer in sparse_layers(model).values() if rigl else ():
+            if layer.dense_grad is not None:
+                digest.update(np.ascontiguousarray(B.to_host(layer.dense_grad)).tobytes())
         opt.step()
     digest.update(np.ascontiguousarray(B.to_host(model.eval().forward(x))).tobytes())
     for _, p in model.named_parameters():

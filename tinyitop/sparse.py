@@ -16,7 +16,7 @@ import math
 from tinyitop import backend as B
 from tinyitop import sparse_kernels as kernels
 from tinyitop.init import active_count, sample_positions
-from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform
+from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform, weight_gradient
 
 
 class SparseWeight(Parameter):
@@ -160,7 +160,7 @@ class _SparseMixin:
         self.grad_operands = (dout_t, inputs_t)
         if not self.weight.fits_dense():
             return kernels.grad_at_nonzeros(self.weight, self.paths()[1], dout_t, inputs_t)
-        self.dense_grad = dout_t @ inputs_t.T                            # (out, in)
+        self.dense_grad = weight_gradient(dout_t, inputs_t)             # (out, in)
         return self.weight.take(self.dense_grad)
 
 

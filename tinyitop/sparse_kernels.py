@@ -18,6 +18,7 @@ a resumed run stays bit-identical. On a CPU the kernels split their work over tw
 and NumPy's kernels release the GIL).
 """
 from tinyitop import backend as B
+from tinyitop.layers import weight_gradient
 from tinyitop.threads import parallel, pool
 
 PRODUCT_CSR_MAX_DENSITY = {"numpy": {"in cache": 0.05, "beyond cache": 0.03},
@@ -65,7 +66,7 @@ def grad_at_nonzeros(weight, path, dout_t, inputs_t):
         return sddmm(dout_t, inputs_t, rows, cols, order)
     if path == "blocked dense+take":
         return blocked_dense_take(weight, dout_t, inputs_t, DENSE_BUFFER_MAX_BYTES)
-    return weight.take(dout_t @ inputs_t.T)                          # (out, M) @ (M, in) -> (out, in)
+    return weight.take(weight_gradient(dout_t, inputs_t))           # (out, M) @ (M, in) -> (out, in)
 
 
 # ---- the kernels ---------------------------------------------------------------------------------
