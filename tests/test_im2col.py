@@ -40,6 +40,23 @@ def test_col2im_is_the_adjoint(host_rng, kh, kw, stride, padding):
     assert np.isclose(lhs, rhs, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kh,kw,stride,padding", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_col2im_gathers_give_the_slice_loops_bits(host_rng, monkeypatch, kh, kw, stride, padding, dtype):
+    """The CPU aside for narrow outputs (gathers) adds the same values in the same order as the
+    slice loop: equal bit for bit, negative zeros and all."""
+    import tinyitop.im2col as module
+    x_shape = (3, 4, 7, 6)
+    dcols = host_rng.standard_normal(im2col(np.zeros(x_shape), kh, kw, stride, padding).shape).astype(dtype)
+    dcols[:, ::7] = -0.0                                   # some contributions are negative zeros
+    monkeypatch.setattr(module, "GATHER_MAX_WIDTH", 0)     # every width by the slice loop
+    by_slices = col2im(dcols, x_shape, kh, kw, stride, padding)
+    monkeypatch.setattr(module, "GATHER_MAX_WIDTH", 10 ** 6)   # every width by gathers
+    by_gathers = col2im(dcols, x_shape, kh, kw, stride, padding)
+    assert by_gathers.dtype == dtype and by_gathers.shape == x_shape
+    assert by_gathers.tobytes() == np.ascontiguousarray(by_slices).tobytes()
+
+
 # ---- The CuPy kernels' bodies (tinyitop/fused.py), checked without a GPU --------------------------
 # Compiled by the host C compiler inside the loop an ElementwiseKernel runs (tests/cuda_on_cpu.py),
 # the im2col/col2im bodies must give exactly what the NumPy slice loops give (same additions in the

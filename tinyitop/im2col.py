@@ -4,10 +4,19 @@ Layout is NCHW. The columns are stored *feature-major*: one row per (channel, ky
 column per output pixel, (C*KH*KW, N*OH*OW), so that a weight matrix (O, C*KH*KW), dense or
 CSR, multiplies them directly with no transpose (docs/SPEED.md: why feature-major).
 """
+import functools
 import math
+
+import numpy as np
 
 from tinyitop import backend as B
 from tinyitop import fused, threads
+
+# col2im's CPU aside for narrow images (`_col2im_by_gathers`): at this input width and below, rows of
+# <= 4 values make each strided `+=` of the slice loop mostly per-row overhead. The gathers visit every
+# input pixel once per kernel offset, so they win on small images only: 1.4-2x at width 4, 2.8-5x at
+# 2, and lose at 8 (0.85x; 0.5x for a stride-2 conv from 8x8), benchmarks/bench_col2im.py.
+GATHER_MAX_WIDTH = 4
 
 
 def output_size(size, kernel, stride, padding):
@@ -60,6 +69,8 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
     n, c, h, w = x_shape
     out_h = output_size(h, kernel_h, stride, padding)
     out_w = output_size(w, kernel_w, stride, padding)
+    if B.name == "numpy" and w <= GATHER_MAX_WIDTH:
+        return _col2im_by_gathers(cols, x_shape, kernel_h, kernel_w, stride, padding)   # CPU aside, same sums
     if not fused.gpu():
         cols = cols.reshape(c, kernel_h, kernel_w, n, out_h, out_w)
         padded = xp.empty((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)    # (C, N, H+2p, W+2p)
@@ -74,3 +85,46 @@ def col2im(cols, x_shape, kernel_h, kernel_w, stride=1, padding=0):
         threads.over_channels(block, c, cols.nbytes)
         return padded[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)  # (N, C, H, W) view
     return fused.col2im(cols, x_shape, kernel_h, kernel_w, stride, padding, out_h, out_w)   # GPU aside: one kernel
+
+
+def _col2im_by_gathers(cols, x_shape, kernel_h, kernel_w, stride, padding):
+    """CPU aside: col2im for narrow images, with long loops. For each kernel offset in the same
+    order as above, one `take` gathers the value that offset adds to every input pixel (an appended
+    zero where it adds none), and one contiguous `+=` adds it. The same additions in the same order,
+    so the same bits: x + 0 == x, and the running sum, starting at +0, is never -0."""
+    xp = B.xp
+    n, c, h, w = x_shape
+    offsets = kernel_h * kernel_w
+    source = _gather_plan(n, h, w, kernel_h, kernel_w, stride, padding)       # (KH*KW, N*H*W)
+    cols = cols.reshape(c, -1)                                                 # (C, KH*KW*N*OH*OW)
+    dx = xp.empty((c, n * h * w), dtype=cols.dtype)                            # (C, N*H*W)
+
+    def block(ch):                               # channels ch only (threads.over_channels)
+        extended = xp.zeros((ch.stop - ch.start, cols.shape[1] + 1), dtype=cols.dtype)
+        extended[:, :-1] = cols[ch]                                            # + one zero at the end
+        gathered = xp.empty((ch.stop - ch.start, n * h * w), dtype=cols.dtype)
+        dx[ch] = 0
+        for k in range(offsets):
+            xp.take(extended, source[k], axis=1, out=gathered)
+            dx[ch] += gathered
+    threads.over_channels(block, c, cols.nbytes)
+    return dx.reshape(c, n, h, w).transpose(1, 0, 2, 3)                      # (N, C, H, W) view
+
+
+@functools.lru_cache(maxsize=32)
+def _gather_plan(n, h, w, kernel_h, kernel_w, stride, padding):
+    """(KH*KW, N*H*W) host indices: for kernel offset k and input pixel (b, y, x), its column in one
+    channel's columns (KH*KW*N*OH*OW of them), or that count (the appended zero) if k adds nothing there."""
+    out_h, out_w = output_size(h, kernel_h, stride, padding), output_size(w, kernel_w, stride, padding)
+    per_offset = n * out_h * out_w
+    b, y, x = np.ix_(np.arange(n), np.arange(h), np.arange(w))
+    plan = np.empty((kernel_h, kernel_w, n, h, w), dtype=np.int64)
+    zero = kernel_h * kernel_w * per_offset                                    # the appended zero
+    for ky in range(kernel_h):
+        for kx in range(kernel_w):
+            ty, tx = y + padding - ky, x + padding - kx                        # output pixel * stride
+            oy, ox = ty // stride, tx // stride
+            hits = (ty % stride == 0) & (tx % stride == 0) & (ty >= 0) & (oy < out_h) & (tx >= 0) & (ox < out_w)
+            column = (ky * kernel_w + kx) * per_offset + (b * out_h + oy) * out_w + ox
+            plan[ky, kx] = np.where(hits, column, zero)
+    return plan.reshape(kernel_h * kernel_w, -1)
