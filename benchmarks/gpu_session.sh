@@ -30,6 +30,8 @@ step pytest_gpu 100 env TINYITOP_TEST_REAL_CUPY=1 python3 -m pytest -q -p no:cac
   tests/test_one_update.py tests/test_optim.py
 step breakeven 90 python3 benchmarks/bench_breakeven.py --repeats 5 --plot "$OUT/breakeven_gpu.png"
 step bench_sparse 200 python3 benchmarks/bench_sparse.py $BENCH_FLAGS --sections $SECTIONS
+# The weight-gradient product both ways round: which one cuBLAS prefers was never measured.
+step weight_gradient 30 python3 benchmarks/bench_weight_gradient.py --repeats 10
 
 # One epoch of the demo's settings (paper MLP, SET 0.95 ERK, crop + flip) on 50k random CIFAR-shaped
 # images: the time per epoch does not depend on the pixels. The first epoch compiles CuPy's kernels.

@@ -100,8 +100,8 @@ def _col2im_by_gathers(cols, x_shape, kernel_h, kernel_w, stride, padding):
     dx = xp.empty((c, n * h * w), dtype=cols.dtype)                            # (C, N*H*W)
 
     def block(ch):                               # channels ch only (threads.over_channels)
-        extended = xp.zeros((ch.stop - ch.start, cols.shape[1] + 1), dtype=cols.dtype)
-        extended[:, :-1] = cols[ch]                                            # + one zero at the end
+        extended = xp.empty((ch.stop - ch.start, cols.shape[1] + 1), dtype=cols.dtype)
+        extended[:, :-1], extended[:, -1] = cols[ch], 0                        # + one zero at the end
         gathered = xp.empty((ch.stop - ch.start, n * h * w), dtype=cols.dtype)
         dx[ch] = 0
         for k in range(offsets):
