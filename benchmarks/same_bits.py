@@ -30,9 +30,9 @@ for name, make, sparsity in (("vgg16", vgg16, 0.9), ("resnet18", resnet18, 0.9),
     opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn, rng, digest = SoftmaxCrossEntropy(), np.random.default_rng(0), hashlib.sha256()
     for step in range(3):
-        rigl = step == 2 and sparsity          # the last step keeps the dense gradients RigL scores
+        rigl = step == 2 and sparsity > 0      # the last step keeps the dense gradients RigL scores
         for layer in sparse_layers(model).values():
-            layer.keep_dense_grad = bool(rigl)
+            layer.keep_dense_grad = rigl
         x = B.to_device(rng.standard_normal((64, 3, 32, 32)), dtype="float32")
         digest.update(np.float64(loss_fn.forward(model.forward(x), B.to_device(rng.integers(0, 10, 64)))).tobytes())
         model.backward(loss_fn.backward())

@@ -14,8 +14,8 @@ from tinyitop import fused, threads
 
 # col2im's CPU aside for narrow images (`_col2im_by_gathers`): at this input width and below, rows of
 # <= 4 values make each strided `+=` of the slice loop mostly per-row overhead. The gathers visit every
-# input pixel once per kernel offset, so they win on small images only: 1.4-2x at width 4, 2.8-5x at
-# 2, and lose at 8 (0.85x; 0.5x for a stride-2 conv from 8x8), benchmarks/bench_col2im.py.
+# input pixel once per kernel offset, so they win on small images only: 1.7-2.3x at width 4, 4-5x at
+# 2, and lose at 8 (0.73x; 0.33-0.54x for a stride-2 conv from 8x8), benchmarks/bench_col2im.py.
 GATHER_MAX_WIDTH = 4
 
 
