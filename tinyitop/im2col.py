@@ -7,8 +7,6 @@ CSR, multiplies them directly with no transpose (docs/SPEED.md: why feature-majo
 import functools
 import math
 
-import numpy as np
-
 from tinyitop import backend as B
 from tinyitop import fused, threads
 
@@ -113,12 +111,14 @@ def _col2im_by_gathers(cols, x_shape, kernel_h, kernel_w, stride, padding):
 
 @functools.lru_cache(maxsize=32)
 def _gather_plan(n, h, w, kernel_h, kernel_w, stride, padding):
-    """(KH*KW, N*H*W) host indices: for kernel offset k and input pixel (b, y, x), its column in one
-    channel's columns (KH*KW*N*OH*OW of them), or that count (the appended zero) if k adds nothing there."""
+    """(KH*KW, N*H*W) indices: for kernel offset k and input pixel (b, y, x), its column in one
+    channel's columns (KH*KW*N*OH*OW of them), or that count (the appended zero) if k adds nothing
+    there. Made once per geometry (cached); nobody writes to it."""
+    xp = B.xp
     out_h, out_w = output_size(h, kernel_h, stride, padding), output_size(w, kernel_w, stride, padding)
     per_offset = n * out_h * out_w
-    b, y, x = np.ix_(np.arange(n), np.arange(h), np.arange(w))
-    plan = np.empty((kernel_h, kernel_w, n, h, w), dtype=np.int64)
+    b, y, x = xp.ix_(xp.arange(n), xp.arange(h), xp.arange(w))
+    plan = xp.empty((kernel_h, kernel_w, n, h, w), dtype=xp.int64)
     zero = kernel_h * kernel_w * per_offset                                    # the appended zero
     for ky in range(kernel_h):
         for kx in range(kernel_w):
@@ -126,5 +126,5 @@ def _gather_plan(n, h, w, kernel_h, kernel_w, stride, padding):
             oy, ox = ty // stride, tx // stride
             hits = (ty % stride == 0) & (tx % stride == 0) & (ty >= 0) & (oy < out_h) & (tx >= 0) & (ox < out_w)
             column = (ky * kernel_w + kx) * per_offset + (b * out_h + oy) * out_w + ox
-            plan[ky, kx] = np.where(hits, column, zero)
+            plan[ky, kx] = xp.where(hits, column, zero)
     return plan.reshape(kernel_h * kernel_w, -1)
