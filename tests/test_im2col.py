@@ -43,7 +43,7 @@ def test_col2im_is_the_adjoint(host_rng, kh, kw, stride, padding):
 @pytest.mark.parametrize("kh,kw,stride,padding", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_col2im_gathers_give_the_slice_loops_bits(host_rng, monkeypatch, kh, kw, stride, padding, dtype):
-    """The CPU aside for narrow outputs (gathers) adds the same values in the same order as the
+    """The CPU aside for narrow images (gathers) adds the same values in the same order as the
     slice loop: equal bit for bit, negative zeros and all."""
     import tinyitop.im2col as module
     x_shape = (3, 4, 7, 6)
