@@ -60,7 +60,10 @@ class JsonLines:
         return rows
 
     def truncate(self, keep, log=print):
-        """Keep only rows for which keep(row) is true (on resume: drop rows after the checkpoint)."""
+        """Keep only rows for which keep(row) is true (on resume: drop rows after the checkpoint). A
+        log not yet written stays unwritten: only `append` creates the file, after `before_create`."""
+        if not os.path.exists(self.path):
+            return
         rows = [row for row in self.read(drop_torn_last=True, log=log) if keep(row)]
         atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
 

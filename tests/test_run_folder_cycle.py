@@ -1,0 +1,27 @@
+"""A run folder that tinyitop itself wrote can always be resumed again and replaced by --overwrite,
+whatever the method (every method in Config's list, so a new one is covered without listing it)."""
+import pytest
+
+from tinyitop.cli import main as cli_main
+from tinyitop.config import EXPLORING, METHODS
+
+
+def _args(out, method, *extra):
+    sparsity = ["--sparsity", "0"] if method == "dense" else ["--sparsity", "0.8"]
+    return ["train", "--dataset", "synthetic", "--hidden", "16", "--limit-train", "256", "--epochs", "2",
+            "--lr", "0.05", "--method", method, *sparsity, "--out", str(out), "--no-progress", "--no-plots", *extra]
+
+
+CASES = [(m, "1000") for m in METHODS] + [(m, "2") for m in METHODS if m in EXPLORING or m == "gmp"]
+
+
+@pytest.mark.parametrize("method, update_interval", CASES, ids=[f"{m}-{u}" for m, u in CASES])
+def test_run_resume_resume_overwrite_all_succeed(tmp_path, capsys, method, update_interval):
+    # Delta T 1000 > the run's 4 iterations: no topology update, so updates.jsonl is never written;
+    # resuming must not create it behind the manifest's back (it once did, and the folder got stuck).
+    out = tmp_path / "run"
+    cycle = [[], ["--resume"], ["--resume"], ["--overwrite"]]
+    for extra in cycle:
+        code = cli_main(_args(out, method, "--update-interval", update_interval, *extra))
+        assert code == 0, (extra, capsys.readouterr().err)
+    assert (out / "summary.json").exists()
