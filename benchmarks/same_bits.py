@@ -1,7 +1,7 @@
 """Whether two checkouts train to the same bits: a speed change must not change results.
 
-Trains VGG-16 and ResNet-18 (width 1/4, sparse 0.9 ERK and dense, batch 64, Nesterov SGD with
-weight decay) for 3 steps from seed 0 in each tree, the last one keeping the dense gradients a RigL
+Trains VGG-16 and ResNet-18 (width 1/4, sparse 0.9 ERK and dense) and the paper MLP (0.95 and 0.99
+ERK, whose layers take every gradient path, and dense), batch 64, Nesterov SGD with weight decay, for 3 steps from seed 0 in each tree, the last one keeping the dense gradients a RigL
 update scores, then one eval forward, and prints a hash of the losses, those gradients, the eval
 logits and every parameter; the same hash means the same masks, weights and R_s.
 
@@ -17,12 +17,14 @@ CHILD = r"""
 import hashlib, sys
 sys.path.insert(0, sys.argv[1])
 from tinyitop import backend as B, SGD, SoftmaxCrossEntropy
-from tinyitop.models import resnet18, sparsify, vgg16
+from tinyitop.models import mlp, resnet18, sparsify, vgg16
 from tinyitop.topology import sparse_layers
 import numpy as np
 B.use("numpy")
+paper_mlp = lambda classes, width: mlp(3072, [1024, 512], classes)
 for name, make, sparsity in (("vgg16", vgg16, 0.9), ("resnet18", resnet18, 0.9),
-                             ("vgg16-dense", vgg16, 0.0), ("resnet18-dense", resnet18, 0.0)):
+                             ("vgg16-dense", vgg16, 0.0), ("resnet18-dense", resnet18, 0.0),
+                             ("mlp-0.95", paper_mlp, 0.95), ("mlp-0.99", paper_mlp, 0.99), ("mlp-dense", paper_mlp, 0.0)):
     B.seed(0)
     model = make(10, width=0.25)
     if sparsity:

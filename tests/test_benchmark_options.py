@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["torch_conv_twin.py", "no/such/run"], "summary.json"),
     (["bench_threads.py", "--repeats", "0"], "--repeats"), (["same_bits.py", "no/such/tree", "."], "not a checkout"),
     (["same_bits.py", "."], "TREE"), (["bench_weight_gradient.py", "--repeats", "0"], "--repeats"),
-    (["bench_col2im.py", "--batch", "0"], "--batch"),
+    (["bench_col2im.py", "--batch", "0"], "--batch"), (["bench_transpose.py", "--repeats", "0"], "--repeats"),
 ])
 def test_bad_benchmark_options_are_one_line(args, fragment):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", args[0]), *args[1:]], cwd=ROOT,

@@ -264,3 +264,39 @@ def test_conv_input_gradient_never_overwrites_columns_that_rigl_still_scores(mon
     layer.backward(B.to_device(np.random.default_rng(1).standard_normal((3, 6, 8, 8)), dtype="float32"))
     assert layer.grad_operands is not None
     np.testing.assert_array_equal(B.to_host(layer.grad_operands[1]), B.to_host(im2col(x, 3, 3, 1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(128, 1024), (1024, 128)], ids=["in>out: turned product", "in<=out: plain"])
+@pytest.mark.parametrize("rigl", [False, True], ids=["dense+take", "RigL step"])
+def test_dense_take_gradient_allocates_one_dense_buffer_only(monkeypatch, shape, rigl):
+    """The dense+take gradient costs one (out, in) buffer, whatever the orientation of the product
+    (a RigL step keeps that buffer for growth). A take through reshape(-1) of the turned product's
+    transposed view copied the whole matrix: that made the paper MLP slower sparse than dense."""
+    import tracemalloc
+    force_paths(monkeypatch, ("dense", "dense+take"))
+    n_out, n_in = shape
+    layer = SparseLinear(n_in, n_out, 0.05)
+    x = B.to_device(np.random.default_rng(0).standard_normal((16, n_in)), dtype="float32")
+    dout = B.to_device(np.random.default_rng(1).standard_normal((16, n_out)), dtype="float32")
+    layer.keep_dense_grad = rigl
+    layer.forward(x)
+    layer.backward(dout)                               # caches (positions, plans) made once, untraced
+    tracemalloc.start()
+    layer.backward(dout)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.5 * n_out * n_in * 4, f"{peak / (n_out * n_in * 4):.2f} (out, in) buffers at peak"
+    expected = (B.to_host(dout).T @ B.to_host(x)).reshape(-1)[B.to_host(layer.weight.flat_positions())]
+    np.testing.assert_allclose(B.to_host(layer.weight.grad), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rigl_growth_scores_a_turned_gradient_as_its_plain_twin(host_rng):
+    """grow() reads a transposed-view gradient (weight_gradient's turned product) into C order: the
+    same positions as from the C-contiguous gradient."""
+    from tinyitop.topology import grow
+    layer = SparseLinear(300, 40, 0.1)
+    grad_t = B.to_device(host_rng.standard_normal((300, 40)), dtype="float32")       # (in, out)
+    kept = layer.weight.flat_positions()
+    turned = grow(layer.weight, kept, 25, "gradient", dense_grad=grad_t.T)
+    plain = grow(layer.weight, kept, 25, "gradient", dense_grad=B.xp.ascontiguousarray(grad_t.T))
+    np.testing.assert_array_equal(B.to_host(turned), B.to_host(plain))

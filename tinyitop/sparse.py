@@ -26,7 +26,7 @@ class SparseWeight(Parameter):
     def __init__(self, csr):
         self.csr = csr
         self.grad = None
-        self._rows = self._plan = self._flat = self._dense = self._indptr_host = None
+        self._rows = self._plan = self._flat = self._dense = self._indptr_host = self._transposed = None
 
     @property
     def data(self):
@@ -62,15 +62,38 @@ class SparseWeight(Parameter):
     def set_topology(self, flat, values):
         """Replace the CSR by the one with nonzeros at sorted `flat` positions holding `values`."""
         self.csr = csr_from_flat(flat, values, self.csr.shape)
-        self._rows = self._plan = self._flat = self._dense = self._indptr_host = None
+        self._rows = self._plan = self._flat = self._dense = self._indptr_host = self._transposed = None
         self.grad = None
 
     def astype(self, dtype):
         self.set_topology(self.flat_positions(), self.csr.data.astype(dtype))
 
     def take(self, dense):
-        """A dense (out, in) array's entries at the nonzeros, (nnz,) in CSR order."""
-        return dense.reshape(-1)[self.flat_positions()]
+        """A dense (out, in) array's entries at the nonzeros, (nnz,) in CSR order.
+
+        `dense` may be the transposed view of an (in, out) array (layers.weight_gradient turns its
+        product when in > out): its own memory is then read at the transposed positions, never
+        copied whole (`reshape(-1)` of such a view would copy all out x in entries).
+        """
+        if dense.flags.c_contiguous:
+            return dense.reshape(-1)[self.flat_positions()]
+        if not dense.T.flags.c_contiguous:
+            raise ValueError("take needs a C-contiguous (out, in) array or the transpose of one")
+        order, positions_t = self.transposed_plan()
+        values = B.xp.empty(self.nnz, dtype=dense.dtype)
+        values[order] = dense.T.reshape(-1)[positions_t]      # (in, out) memory read in its own order
+        return values
+
+    def transposed_plan(self):
+        """(order, col * out + row sorted): where the nonzeros lie in the (in, out) transpose, sorted
+        so that a take from it reads memory forwards; nonzero order[j] sits at sorted position j
+        (cached until the topology changes)."""
+        if self._transposed is None:
+            xp = B.xp
+            positions_t = self.csr.indices.astype(xp.int64) * self.csr.shape[0] + self.rows()
+            order = xp.argsort(positions_t, kind="stable")
+            self._transposed = (order, positions_t[order])
+        return self._transposed
 
     # ---- cached helpers of the faster paths (sparse_kernels.py) -------------------------------------
     def fits_dense(self):
@@ -105,7 +128,8 @@ class SparseWeight(Parameter):
     def nbytes(self):
         """Bytes held for this weight: CSR arrays, gradient and the cached index arrays."""
         held = [self.csr.data, self.csr.indices, self.csr.indptr, self.grad, self._rows, self._flat]
-        return int(sum(a.nbytes for a in held + list(self._plan or ()) if a is not None))
+        cached = list(self._plan or ()) + list(self._transposed or ())
+        return int(sum(a.nbytes for a in held + cached if a is not None))
 
 
 class _SparseMixin:
@@ -174,14 +198,14 @@ class SparseLinear(_SparseMixin, Module):
 
     def forward(self, x):
         check_input(self, x, 2, self.in_features)
-        self.x_t = B.xp.ascontiguousarray(x.T)          # (in, N) feature-major: contiguous row gathers
+        self.x_t = kernels.feature_major(x)               # (in, N) feature-major: contiguous row gathers
         y_t = self._product(self.x_t)                     # (out, in) @ (in, N) -> (out, N)
         if self.bias is not None:
             y_t += self.bias.data[:, None]
         return y_t.T                                      # (N, out), a view
 
     def backward(self, dout):
-        dout_t = B.xp.ascontiguousarray(dout.T)           # (out, N)
+        dout_t = kernels.feature_major(dout)                # (out, N)
         if self.bias is not None:
             self.bias.grad = dout_t.sum(axis=1)           # (out,)
         self.weight.grad = self._weight_grad(dout_t, self.x_t)   # (nnz,)

@@ -34,6 +34,11 @@ DENSE_BUFFER_MAX_BYTES = 64 * 2 ** 20
 # each operand): small enough to stay in a CPU's cache, large enough to be a few big GPU kernels.
 CPU_CHUNK_BYTES, GPU_CHUNK_BYTES = 512 * 2 ** 10, 128 * 2 ** 20
 COLUMN_BLOCK = 512      # CPU gather: nonzeros visited by blocks of 512 input features (stay in L2)
+# CPU transposes (feature_major): where a row of x spans a multiple of 2 KiB (F = 512, 1024, 3072
+# floats...), the elements of one column of x fall into few cache sets and evict each other, and
+# NumPy's x.T copy runs 3-4.5x slower than at other widths; copying 8 rows at a time then wins
+# (elsewhere it loses: 0.6-0.8x). Measured by benchmarks/bench_transpose.py (docs/SPEED.md).
+TRANSPOSE_TILE_ROWS, TRANSPOSE_ALIASED_STRIDE = 8, 2048
 
 
 def cache_state(shape, columns, itemsize):
@@ -70,6 +75,25 @@ def grad_at_nonzeros(weight, path, dout_t, inputs_t):
 
 
 # ---- the kernels ---------------------------------------------------------------------------------
+def feature_major(x):
+    """x (N, F) -> x.T as a C-contiguous (F, N) array, the layout every kernel here reads (a view
+    when x.T already is one, e.g. the previous sparse layer's output).
+
+    Plain: `xp.ascontiguousarray(x.T)`. CPU aside for a C-contiguous x whose rows span a multiple of
+    TRANSPOSE_ALIASED_STRIDE bytes: copy TRANSPOSE_TILE_ROWS rows of x at a time, so that each source
+    cache line is read once for 8 values instead of once per value (the same values;
+    benchmarks/bench_transpose.py times both and checks they are equal).
+    """
+    xp = B.xp
+    row_bytes = x.shape[-1] * x.dtype.itemsize
+    if B.name != "numpy" or not x.flags.c_contiguous or row_bytes % TRANSPOSE_ALIASED_STRIDE:
+        return xp.ascontiguousarray(x.T)
+    out = xp.empty(x.shape[::-1], dtype=x.dtype)                        # (F, N)
+    for i in range(0, x.shape[0], TRANSPOSE_TILE_ROWS):
+        out[:, i:i + TRANSPOSE_TILE_ROWS] = x[i:i + TRANSPOSE_TILE_ROWS].T  # (F, 8) <- (8, F).T
+    return out
+
+
 def spmm(matrix, dense):
     """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
     xp = B.xp

@@ -93,7 +93,9 @@ def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None, grad_o
         if dense_grad is None:
             raise ValueError("gradient growth needs this step's gradient operands or dense gradient "
                              "(layer.keep_dense_grad)")
-        scores = xp.abs(dense_grad).reshape(-1)                     # (numel,)
+        # Into a C-ordered buffer: dense_grad may be a transposed view, whose abs() keeps that
+        # layout (on NumPy), and reshape(-1) would then copy all of it once more.
+        scores = xp.abs(dense_grad, out=xp.empty(dense_grad.shape, dtype=dense_grad.dtype)).reshape(-1)  # (numel,)
         scores[kept_positions] = -1                                # active ones are not candidates
         return xp.sort(xp.argpartition(-scores, k - 1)[:k]).astype(xp.int64) if k else kept_positions[:0]
     if mode == "unexplored":
