@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["bench_threads.py", "--repeats", "0"], "--repeats"), (["same_bits.py", "no/such/tree", "."], "not a checkout"),
     (["same_bits.py", "."], "TREE"), (["bench_weight_gradient.py", "--repeats", "0"], "--repeats"),
     (["bench_col2im.py", "--batch", "0"], "--batch"), (["bench_transpose.py", "--repeats", "0"], "--repeats"),
+    (["check_claims.py", "--rounds", "0"], "--rounds"), (["check_claims.py", "--doc", "no/such.md"], "not a file"),
+    (["check_claims.py", "--doc", "README.md"], "no claims-table row"),
 ])
 def test_bad_benchmark_options_are_one_line(args, fragment):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", args[0]), *args[1:]], cwd=ROOT,
@@ -29,3 +31,15 @@ def test_bad_benchmark_options_are_one_line(args, fragment):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], \
         result.stderr
+
+
+def test_every_checked_claim_has_its_row_in_speed_md():
+    """check_claims.py reads the documented figures from docs/SPEED.md's claims table: each claim it
+    measures must have exactly one row there (the doc and the check cannot drift apart)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import check_claims
+    rows = check_claims.documented(os.path.join(ROOT, "docs", "SPEED.md"))
+    assert set(rows) == set(check_claims.CLAIMS)
+    with open(os.path.join(ROOT, "docs", "SPEED.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert all(text.count(f"| `{claim}` |") == 1 for claim in check_claims.CLAIMS)

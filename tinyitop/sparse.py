@@ -92,7 +92,8 @@ class SparseWeight(Parameter):
             xp = B.xp
             positions_t = self.csr.indices.astype(xp.int64) * self.csr.shape[0] + self.rows()
             order = xp.argsort(positions_t, kind="stable")
-            self._transposed = (order, positions_t[order])
+            index = xp.int32 if self.numel < 2 ** 31 else xp.int64     # 8 bytes a nonzero, not 16
+            self._transposed = (order.astype(index), positions_t[order].astype(index))
         return self._transposed
 
     # ---- cached helpers of the faster paths (sparse_kernels.py) -------------------------------------
