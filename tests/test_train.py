@@ -107,6 +107,22 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypa
     assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
 
 
+@pytest.mark.parametrize("which", ["validation", "test"])
+def test_a_nan_evaluation_loss_stops_the_run_instead_of_reporting_an_accuracy(tmp_path, monkeypatch, which):
+    """Eval mode can overflow where training did not (BatchNorm's running statistics): its loss is
+    checked like training's, so no accuracy computed from NaN logits is ever reported."""
+    import tinyitop.train as train_module
+    real_evaluate = train_module.evaluate
+
+    def evaluate(model, x, y, data, batch_size, show_progress=False, description="evaluating"):
+        loss, accuracy = real_evaluate(model, x, y, data, batch_size, show_progress, description)
+        return (float("nan"), 0.2) if description == which else (loss, accuracy)
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    with pytest.raises(TrainingDiverged, match=f"{which} loss became nan in epoch 1"):
+        train(_config(tmp_path, epochs=2))
+    assert not os.path.exists(tmp_path / "run" / "summary.json")
+
+
 def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     with pytest.raises(TrainingDiverged, match="lower --lr"), np.errstate(all="ignore"):  # overflow is the point
         train(_config(tmp_path, lr=1e6, method="dense", growth=None, sparsity=0.0, epochs=50))

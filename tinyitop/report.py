@@ -44,11 +44,12 @@ def evaluate(model, x, y, data, batch_size, show_progress=False, description="ev
     return B.scalar(loss_sum) / len(x), B.scalar(correct) / len(x)   # sync point
 
 
-def check_finite(loss, epoch, state, folder):
-    if not math.isfinite(loss):
+def check_finite(loss, epoch, state, folder, what="loss"):
+    """A NaN or infinite loss (training's, or an evaluation's: `what`) ends the run; nothing of it is kept."""
+    if loss is not None and not math.isfinite(loss):
         kept = (f"the last good checkpoint, {folder.checkpoint} (after epoch {state['epoch']}), is kept"
                 if state["epoch"] else "no checkpoint was written yet")
-        raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}: training diverged; {kept}. "
+        raise TrainingDiverged(f"{what} became {loss} in epoch {epoch + 1}: training diverged; {kept}. "
                                f"Start again with a lower --lr and --overwrite (or another --out): "
                                f"--resume continues only the same settings")
 

@@ -119,6 +119,8 @@ def _train(config, folder, resuming, log, on_epoch_end):
             check_finite(train_loss, epoch, state, folder)
             val = evaluate(setup.model, val_x, val_y, data, config.batch_size, config.progress, "validation")
             test = evaluate(setup.model, data.test_x, data.test_y, data, config.batch_size, config.progress, "test")
+            for what, (loss, _) in (("validation loss", val), ("test loss", test)):     # an overflow in eval
+                check_finite(loss, epoch, state, folder, what)                    # mode is no accuracy
             final_sparsity = setup.pruner is None or step >= setup.pruner.end_step    # GMP: pruning is over
             if val[1] is not None and val[1] > state["best_val_acc"] and final_sparsity:
                 state.update(best_val_acc=val[1], best_epoch=epoch + 1, best_test_acc=test[1])
