@@ -18,27 +18,42 @@ def main(argv=None):
     parser.add_argument("out"), parser.add_argument("folders", nargs="+")
     parser.add_argument("--title", default="Test accuracy against the ITOP rate R_s")
     args = parser.parse_args(argv)
+    out = args.out if os.path.splitext(args.out)[1] else args.out + ".png"   # what matplotlib would write
+    if os.path.isdir(args.out) or os.path.exists(out):
+        fail(f"{out} exists: choose another file name for the figure (nothing is overwritten)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        fail(f"the folder of {out} does not exist")
     points, seen = [], set()
     missing = [folder for folder in args.folders if not os.path.isdir(folder)]
     if missing:
-        print(f"error: {', '.join(missing)} is not a folder (give sweep folders, e.g. runs/sweeps/NAME)", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"{', '.join(missing)} is not a folder (give sweep folders, e.g. runs/sweeps/NAME)")
     for folder in args.folders:
         for run in sorted(os.listdir(folder)):
             path = os.path.join(folder, run, "summary.json")
             if not os.path.isfile(path) or os.path.realpath(path) in seen:   # a run linked into two sweeps
                 continue
             seen.add(os.path.realpath(path))
-            with open(path) as f:
-                s = json.load(f)
-            sparsity = 0 if s["config"]["method"] == "dense" else s["config"]["sparsity"]
-            label = run.replace("_seed=0", "").replace("update_interval=", "Delta T ")
-            points.append((label, s["final_rs"], s["final_rs_reliable"],
-                           s["test_acc_at_best_val"], f"sparsity {sparsity:g}"))
+            try:
+                with open(path, encoding="utf-8") as f:
+                    s = json.load(f)
+                sparsity = 0 if s["config"]["method"] == "dense" else float(s["config"]["sparsity"])
+                # The test accuracy at the best validation epoch; a run without a validation split has
+                # none, and gives its last epoch's.
+                accuracy = s["test_acc_at_best_val"] if s.get("test_acc_at_best_val") is not None else s["last_test_acc"]
+                point = (run.replace("_seed=0", "").replace("update_interval=", "Delta T "), float(s["final_rs"]),
+                         float(s["final_rs_reliable"]), float(accuracy), f"sparsity {sparsity:g}")
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+                fail(f"{path} is not a finished run's summary ({type(err).__name__}: {err}); move it or run it again")
+            points.append(point)
     if not points:
-        print(f"error: no finished run (summary.json) under {', '.join(args.folders)}", file=sys.stderr)
-        raise SystemExit(2)
-    print(accuracy_vs_rs(points, args.out, args.title))
+        fail(f"no finished run (summary.json) under {', '.join(args.folders)}")
+    accuracy_vs_rs(points, out, args.title)
+    print(f"wrote {out}")
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,20 @@ import zipfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tinyitop.rundir import atomic_write  # noqa: E402
 
-def balanced(labels, count, rng):
-    """`count` sorted indices, the same number from each class (as near as `count` allows)."""
+
+def balanced(labels, count, rng, split="train"):
+    """`count` sorted indices, the same number from each class (as near as `count` allows); a class
+    with fewer images than its share is refused in one line, never silently short."""
     classes = np.unique(labels)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:count // len(classes) + (i < count % len(classes))]
-             for i, c in enumerate(classes)]
+    shares = [count // len(classes) + (i < count % len(classes)) for i in range(len(classes))]
+    for c, share in zip(classes, shares):
+        if np.count_nonzero(labels == c) < share:
+            fail(f"--{split} {count}: class {c} has {np.count_nonzero(labels == c)} {split} images, fewer than its "
+                 f"share of {share}; ask for at most {len(classes) * min(np.bincount(np.searchsorted(classes, labels)))}")
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:share] for c, share in zip(classes, shares)]
     return np.sort(np.concatenate(picks))
 
 
@@ -40,8 +48,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isfile(args.source):
         fail(f"{args.source} is not a file (make one with python -m tinyitop pack-images)")
-    if os.path.exists(args.out):
-        fail(f"{args.out} exists; choose another name (nothing is overwritten)")
+    out = args.out if args.out.endswith(".npz") else args.out + ".npz"     # what np.savez would write
+    if os.path.exists(out):
+        fail(f"{out} exists; choose another name (nothing is overwritten)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        fail(f"the folder of {out} does not exist")
     try:
         with np.load(args.source, allow_pickle=False) as archive:
             data = {k: archive[k] for k in archive.files}
@@ -55,10 +66,10 @@ def main(argv=None):
             fail(f"--{split} must be in [1, {len(data[f'{split}_y'])}], got {count}")
     rng = np.random.default_rng(args.seed)
     for split, count in (("train", args.train), ("test", args.test)):
-        keep = balanced(data[f"{split}_y"], count, rng)
+        keep = balanced(data[f"{split}_y"], count, rng, split)
         data[f"{split}_x"], data[f"{split}_y"] = data[f"{split}_x"][keep], data[f"{split}_y"][keep]
-    np.savez(args.out, **data)       # mean/std and class names travel unchanged
-    print(f"wrote {args.out}: {args.train} train / {args.test} test images from {args.source}")
+    atomic_write(out, lambda f: np.savez(f, **data))      # mean/std and class names travel unchanged
+    print(f"wrote {out}: {len(data['train_y'])} train / {len(data['test_y'])} test images from {args.source}")
 
 
 if __name__ == "__main__":

@@ -350,6 +350,11 @@ def test_a_sweep_config_that_is_missing_or_a_folder_is_named(tmp_path, capsys, n
     (["subset_npz.py", "{data}", "{data}", "--train", "5", "--test", "5"], "exists"),
     (["subset_npz.py", "{data}", "{out}", "--train", "abc", "--test", "5"], "--train"),
     (["accuracy_vs_rs.py", "{out}.png", "{missing}"], "is not a folder"),
+    (["subset_npz.py", "{data}", "{data_stem}", "--train", "5", "--test", "5"], "exists"),   # np.savez adds .npz
+    (["accuracy_vs_rs.py", "{data_stem}", "{missing}"], "data.png exists"),            # matplotlib adds .png
+    (["accuracy_vs_rs.py", "{tmp}", "{missing}"], "exists"),                           # a folder as OUT
+    (["accuracy_vs_rs.py", "{out}.png", "{sweep}"], "summary.json is not a finished run's summary"),
+    (["subset_npz.py", "{unbalanced}", "{out}", "--train", "12", "--test", "2"], "class 1 has 4 train images"),
 ])
 def test_the_experiment_scripts_check_their_inputs(tmp_path, args, fragment):
     import subprocess
@@ -357,13 +362,20 @@ def test_the_experiment_scripts_check_their_inputs(tmp_path, args, fragment):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "noise.npz").write_bytes(np.random.default_rng(1).bytes(500))
     names = dict(noise=tmp_path / "noise.npz", out=tmp_path / "out.npz", data=_npz(tmp_path / "data.npz"),
-                 missing=tmp_path / "missing")
+                 missing=tmp_path / "missing", data_stem=tmp_path / "data",
+                 unbalanced=_npz(tmp_path / "unbalanced.npz", train_y=np.array([0] * 8 + [1] * 4, dtype=np.uint8)))
+    before = (tmp_path / "data.npz").read_bytes()
+    (tmp_path / "data.png").write_bytes(MINE)
+    (tmp_path / "sweep" / "run").mkdir(parents=True)
+    (tmp_path / "sweep" / "run" / "summary.json").write_text('{"config": {"method": "set"}}')
+    names.update(tmp=tmp_path, sweep=tmp_path / "sweep")
     result = subprocess.run([sys.executable, os.path.join(root, "experiments", args[0]),
                              *[a.format(**names) for a in args[1:]]], capture_output=True, text=True, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], \
         result.stderr
-    assert not (tmp_path / "out.npz").exists()
+    assert not (tmp_path / "out.npz").exists() and (tmp_path / "data.npz").read_bytes() == before
+    assert (tmp_path / "data.png").read_bytes() == MINE and not (tmp_path / "out.npz.png").exists()
 
 
 def test_subset_npz_keeps_every_class_balanced(tmp_path):
@@ -406,3 +418,17 @@ def test_torch_reference_help_without_torch_is_one_line():
                             capture_output=True, text=True, timeout=60)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "needs torch" in lines[0]
+
+
+def test_accuracy_vs_rs_reads_runs_without_validation_and_prints_the_file_it_wrote(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "sweep" / "run").mkdir(parents=True)
+    (tmp_path / "sweep" / "run" / "summary.json").write_text(json.dumps(
+        {"config": {"method": "set", "sparsity": 0.9}, "final_rs": 0.2, "final_rs_reliable": 0.15,
+         "test_acc_at_best_val": None, "last_test_acc": 0.5}))        # --val-fraction 0: no best epoch
+    result = subprocess.run([sys.executable, os.path.join(root, "experiments", "accuracy_vs_rs.py"),
+                             str(tmp_path / "figure"), str(tmp_path / "sweep")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'figure.png'}" and (tmp_path / "figure.png").exists()
