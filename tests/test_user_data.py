@@ -52,6 +52,7 @@ def test_npz_mean_std_and_classes_are_taken_when_given(tmp_path):
     assert ds.mean == (0.1, 0.2, 0.3) and ds.std == (0.5, 0.5, 0.5)
     named = _write_npz(tmp_path / "n.npz", num_classes=3, classes=np.array(["a", "b", "c", "d", "e"]))
     assert data.load(named).num_classes == 5                   # classes may outnumber the labels seen
+    assert data.absent_classes(data.load(named).train_y, 5) == "classes 3, 4"   # and the run says which
 
 
 @pytest.mark.parametrize("change, message", [
@@ -62,6 +63,8 @@ def test_npz_mean_std_and_classes_are_taken_when_given(tmp_path):
     (dict(test_y=np.array([0.5] * 12)), "integer array"),
     (dict(test_y=np.full(12, -1)), "labels must lie in"),
     (dict(classes=np.array(["a", "b"])), "labels must lie in"),
+    (dict(train_y=np.r_[np.arange(39) % 3, 255]), r"0\.\.255 make 256 classes, but 252 classes \(3 \.\.\. 254\)"),
+    (dict(train_y=np.arange(40) % 4 // 2 * 2), "classes 1, 3 have no training image"),      # gaps below the top
     (dict(test_x=np.zeros((12, 3, 9, 9), dtype=np.uint8)), "differ in shape"),
     (dict(mean=np.array([0.5]), std=np.array([0.2])), "need 3 finite values"),
     (dict(test_y=np.array(["x"] * 12, dtype=object)), "without pickle"),

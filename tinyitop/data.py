@@ -268,6 +268,11 @@ def load_npz(path):
     if min(arrays["train_y"].min(), arrays["test_y"].min()) < 0 or highest >= num_classes:
         raise DatasetError(f"{path}: labels must lie in [0, {num_classes}), found "
                            f"{min(arrays['train_y'].min(), arrays['test_y'].min())}..{highest}")
+    absent = absent_classes(arrays["train_y"], num_classes)
+    if absent and "classes" not in arrays:   # a stray label (255 among 0-9) would build a 256-class model
+        raise DatasetError(f"{path}: labels 0..{highest} make {num_classes} classes, but {absent} have no training "
+                           "image: a stray label? Labels must be class indices 0..K-1, each present in train_y "
+                           "(or name the classes in a 'classes' array; the run then says which have no image)")
     channels = arrays["train_x"].shape[1]
     if ("mean" in arrays) != ("std" in arrays):      # one without the other would silently be ignored
         given, lacking = ("mean", "std") if "mean" in arrays else ("std", "mean")
@@ -285,6 +290,16 @@ def load_npz(path):
     name = os.path.splitext(os.path.basename(path))[0]
     return Dataset(name, arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
                    num_classes, mean, std, augment=False)
+
+
+def absent_classes(train_labels, num_classes):
+    """'' if every class 0..K-1 has a training image, else which do not ("classes 3, 7" / "10 classes: 10 ... 254")."""
+    absent = np.setdiff1d(np.arange(num_classes), np.asarray(train_labels))
+    if not absent.size:
+        return ""
+    if absent.size <= 8:
+        return "class " + ", ".join(map(str, absent)) if absent.size == 1 else "classes " + ", ".join(map(str, absent))
+    return f"{absent.size} classes ({absent[0]} ... {absent[-1]})"
 
 
 def load(name, data_dir=None, synthetic_shape=(3, 32, 32)):

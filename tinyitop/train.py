@@ -15,7 +15,7 @@ import numpy as np
 from tinyitop import backend as B
 from tinyitop import checkpoint, resume, threads
 from tinyitop.config import EXPLORING, Config, check_memory  # noqa: F401  (Config: callers import it from here)
-from tinyitop.data import batches, fingerprint, load, split_validation
+from tinyitop.data import absent_classes, batches, fingerprint, load, split_validation
 from tinyitop.explore import Exploration
 from tinyitop.losses import accuracy_count
 from tinyitop.methods import build_model, set_up  # noqa: F401  (build_model: for callers of train.py)
@@ -159,9 +159,12 @@ def _log_start(config, data, setup, n_train, n_val, augment, log):
     if note:
         log(note)
     model_name = config.model + (f" (width {config.width:g})" if config.width != 1.0 else "")
-    log(f"{model_name} on {data.name}: {n_train} train / {n_val} val / {len(data.test_x)} test, "
+    log(f"{model_name} on {data.name}: {n_train} train / {n_val} val / {len(data.test_x)} test, {data.num_classes} classes, "
         f"method {config.method}, sparsity {config.sparsity if config.method != 'dense' else 0}, "
         f"R_s at start {format_rs(setup.exploration.rs())}")
+    absent = absent_classes(data.train_y, data.num_classes)
+    if absent:
+        log(f"warning: {absent} of {data.num_classes} have no training image: the network cannot learn them")
     # Said on every run: an .npz (even of CIFAR images) gets none unless asked, and it moves results by points.
     log(f"augmentation: {config.pad_mode}-padded random crop + flip" if augment else
         "augmentation: off" + (" (the default for this data set; --augment adds crop + flip)" if config.augment is None else ""))
