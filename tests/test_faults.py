@@ -421,6 +421,24 @@ def test_update_interval_beyond_the_run_warns_once(tmp_path):
     assert not [m for m in messages if "no topology update" in m]
 
 
+def test_the_update_interval_hint_gives_the_updates_it_promises(tmp_path):
+    import re
+    messages = []
+    train(_config(tmp_path, update_interval=10_000, epochs=2), log=messages.append)
+    hint, promised = map(int, re.search(r"e\.g\. to (\d+) for (\d+) updates", " ".join(messages)).groups())
+    train(_config(tmp_path, "hinted", update_interval=hint, epochs=2), log=lambda *_: None)
+    assert len(read_jsonl(str(tmp_path / "hinted" / "updates.jsonl"))) == promised > 0
+
+
+def test_lr_drops_that_share_an_epoch_are_said(tmp_path):
+    messages = []
+    train(_config(tmp_path, epochs=2), log=messages.append)            # int(2/2) == int(3*2/4) == 1
+    assert any("fall on the same epoch: lr x0.01 from epoch 2" in m for m in messages)
+    messages.clear()
+    train(_config(tmp_path, "four", epochs=4), log=messages.append)    # epochs 2 and 3: apart
+    assert not any("same epoch" in m for m in messages)
+
+
 # ---- resume refuses what changed: the data, and altered checkpoints ------------------------------
 
 def _npz_data(path, seed, classes=10):

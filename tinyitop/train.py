@@ -168,6 +168,12 @@ def _log_start(config, data, setup, n_train, n_val, augment, log):
     # Said on every run: an .npz (even of CIFAR images) gets none unless asked, and it moves results by points.
     log(f"augmentation: {config.pad_mode}-padded random crop + flip" if augment else
         "augmentation: off" + (" (the default for this data set; --augment adds crop + flip)" if config.augment is None else ""))
+    hint = max(1, setup.total_steps // 10)         # a Delta T that gives a short run about 10 updates
     if (config.method in EXPLORING or setup.pruner) and config.update_interval > setup.total_steps:
         log(f"warning: Delta T = {config.update_interval} iterations is more than this run's {setup.total_steps}: "
-            f"no topology update will happen, so nothing is explored. Lower --update-interval")
+            f"no topology update will happen, so nothing is explored. Lower --update-interval, e.g. to "
+            f"{hint} for {(setup.total_steps - 1) // hint} updates")
+    first, second = getattr(setup.lr_at, "milestone_epochs", (None, None))
+    if first is not None and first == second:
+        log(f"note: in {config.total_epochs} epoch(s) the LR's two x0.1 drops (epochs int(E/2) and int(3E/4), the "
+            f"reference's schedule) fall on the same epoch: lr x0.01 from epoch {first + 1}")
