@@ -9,6 +9,7 @@ seed and finds the same masks and R_s at every update. Read it top to bottom:
      R_s counts a grown weight once it survives the next prune (Liu et al. 2021).
 On Fashion-MNIST (Debian's dataset-fashion-mnist) or else a synthetic set, in under a minute:
 `python demos/itop_from_scratch.py`."""
+import argparse
 import gzip
 import math
 import os
@@ -44,8 +45,7 @@ def erk_densities(shapes, density):
 
 def csr(shape, positions, values):
     """A CSR matrix (n_out, n_in) with `values` at the sorted flat `positions`."""
-    rows, cols = np.divmod(positions, shape[1])
-    return sp.csr_matrix((values, (rows, cols)), shape=shape)
+    return sp.csr_matrix((values, np.divmod(positions, shape[1])), shape=shape)      # (rows, cols) = divmod
 
 
 def flat_positions(W):
@@ -110,10 +110,9 @@ def prune_and_grow(layer, rate, rng):
     """Drop k = ceil(rate * nnz) smallest |w|, grow k random new connections at 0 (their momentum
     too); returns (kept, grown) flat positions."""
     W = layer["W"]
-    positions = flat_positions(W)
     k = math.ceil(rate * W.nnz)
     kept_slots = np.sort(np.argpartition(np.abs(W.data), k)[k:])          # the nnz - k largest |w|
-    kept = positions[kept_slots]
+    kept = flat_positions(W)[kept_slots]
     grown = random_positions(rng, W.shape[0] * W.shape[1], k, excluded=kept)
     order = np.argsort(np.concatenate([kept, grown]))
     values = np.concatenate([W.data[kept_slots], np.zeros(k, np.float32)])[order]
@@ -193,8 +192,9 @@ def load_data(fashion="/usr/share/datasets/fashion-mnist"):
 
 
 if __name__ == "__main__":
-    rng = np.random.default_rng(0)
-    show = lambda step, layers, rs_now, reliable: print(                                     # noqa: E731
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="It takes no options.").parse_args()
+    data, rng = load_data(), np.random.default_rng(0)
+    print(f"SET-ITOP: MLP {data[0][0].shape[1]}-512-256-10, sparsity 0.9 (ERK), 3 epochs of {len(data[0][0])} images")
+    train(data, init_rng=rng, grow_rng=rng, data_rng=rng, on_update=lambda step, layers, rs_now, reliable: print(
         f"iteration {step:5d}: topology updated, R_s {rs_now:.4f} (reliable {reliable:.4f}), density "
-        f"{sum(l['W'].nnz for l in layers) / sum(np.prod(l['W'].shape) for l in layers):.4f}")
-    train(load_data(), init_rng=rng, grow_rng=rng, data_rng=rng, on_update=show)
+        f"{sum(l['W'].nnz for l in layers) / sum(np.prod(l['W'].shape) for l in layers):.4f}"))

@@ -76,7 +76,8 @@ def add_arguments(parser):
 
 def adjust(args, settings):
     width = args.width or (RIGL_QUICK_HIDDEN if args.method == "rigl" and args.quick else HIDDEN)
-    out = settings["out"] if args.out != PAPER.out else f"{PAPER.out}_{args.method}" + ("_quick" if args.quick else "")
+    # The default folder (runs/million_neurons[_DATASET][_quick]) gets the method too: _set or _rigl.
+    out = settings["out"] if args.out != PAPER.out else settings["out"].replace(PAPER.out, f"{PAPER.out}_{args.method}", 1)
     return {**settings, **net_settings(width), "method": args.method, "growth": None, "out": out}
 
 

@@ -432,3 +432,30 @@ def test_accuracy_vs_rs_reads_runs_without_validation_and_prints_the_file_it_wro
                              str(tmp_path / "figure"), str(tmp_path / "sweep")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"wrote {tmp_path / 'figure.png'}" and (tmp_path / "figure.png").exists()
+
+
+def test_a_demos_default_folder_is_named_by_data_set_and_length():
+    """Following the README, a demo's quick run on one data set and its run on another never meet in
+    one folder (every demo once wrote to runs/mlp_cifar10 whatever the data set)."""
+    import importlib.util
+    from tinyitop.cli import default_out
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("mlp_demo", os.path.join(root, "demos", "mlp_cifar10.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    folders = {default_out(demo.PAPER, dataset, quick) for dataset in ("cifar10", "fashion-mnist", "synthetic",
+                                                                        "/data/mine.npz") for quick in (False, True)}
+    assert len(folders) == 8 and default_out(demo.PAPER, "cifar10", False) == "runs/mlp_cifar10"
+    assert default_out(demo.PAPER, "/data/mine.npz", True) == "runs/mlp_cifar10_mine_quick"
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    """Into a pipe (`| tee`, a job's log) a bar is hundreds of carriage-return updates: none then."""
+    from tinyitop.report import progress
+    items = [1, 2, 3]
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert progress(items, 3, True, "epoch 1") is items
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    bar = progress(items, 3, True, "epoch 1")
+    assert bar is not items and list(bar) == items
+    assert progress(items, 3, False, "epoch 1") is items

@@ -69,12 +69,16 @@ def test_rigl_quick_is_narrower_and_each_method_gets_its_own_folder():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=demo.PAPER.out)
     demo.add_arguments(parser)
+    from tinyitop.cli import default_out
     base = demo.PAPER.to_json()
-    rigl = demo.adjust(parser.parse_args(["--quick", "--method", "rigl"]), base)
+    rigl = demo.adjust(parser.parse_args(["--quick", "--method", "rigl"]),
+                       {**base, "out": default_out(demo.PAPER, demo.PAPER.dataset, quick=True)})
     full = demo.adjust(parser.parse_args([]), base)
     assert rigl["hidden"] == (demo.RIGL_QUICK_HIDDEN,) * 3 and rigl["method"] == "rigl"
     assert full["hidden"] == (demo.HIDDEN,) * 3 and full["method"] == "set"
     assert rigl["out"] == "runs/million_neurons_rigl_quick" and full["out"] == "runs/million_neurons_set"
+    fashion = demo.adjust(parser.parse_args(["--quick"]), {**base, "out": default_out(demo.PAPER, "synthetic", quick=True)})
+    assert fashion["out"] == "runs/million_neurons_set_synthetic_quick"
 
 
 def test_rs_of_a_very_sparse_net_is_printed_in_significant_digits():

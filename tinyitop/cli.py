@@ -263,6 +263,13 @@ def main(argv=None):
                         resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
 
 
+def default_out(paper, dataset, quick):
+    """A demo's own folder per data set and length (runs/mlp_cifar10_fashion-mnist_quick), so that
+    its runs on other data, or quick, never meet a run already there."""
+    name = os.path.splitext(os.path.basename(dataset))[0] if dataset.endswith(".npz") else dataset
+    return paper.out + (f"_{name}" if dataset != paper.dataset else "") + ("_quick" if quick else "")
+
+
 def demo_main(description, paper, quick, argv=None, add_arguments=None, adjust=None, after=None):
     """Shared by demos/*.py: paper settings by default, `--quick` overrides for a few minutes' run.
 
@@ -279,15 +286,17 @@ def demo_main(description, paper, quick, argv=None, add_arguments=None, adjust=N
     parser.add_argument("--data-dir", default=None, help="download/cache folder (default: ~/.cache/tinyitop)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="crop + flip (default: on for cifar10/cifar100; give --augment for a CIFAR .npz)")
-    parser.add_argument("--out", default=paper.out, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=paper.out, help=f"output folder (default: {paper.out}, with _DATASET "
+                        "for another data set and _quick for --quick)")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    out = args.out if args.out != paper.out else default_out(paper, args.dataset, args.quick)
     settings = {**paper.to_json(), **(quick if args.quick else {}), "dataset": args.dataset,
-                "data_dir": args.data_dir, "augment": args.augment, "out": args.out, "resume": args.resume, "overwrite": args.overwrite,
+                "data_dir": args.data_dir, "augment": args.augment, "out": out, "resume": args.resume, "overwrite": args.overwrite,
                 "progress": not args.no_progress}
     if adjust is not None:
         settings = adjust(args, settings)

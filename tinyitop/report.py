@@ -2,6 +2,7 @@
 and summary.json at the end (the best-validation epoch's test accuracy, R_s, FLOPs)."""
 import math
 import os
+import sys
 
 from tinyitop import backend as B
 from tinyitop.config import EXPLORING
@@ -18,8 +19,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def progress(iterable, total, enabled, description):
-    """A tqdm bar over `iterable` when enabled (and tqdm is installed)."""
-    if not enabled:
+    """A tqdm bar over `iterable` when enabled, tqdm is installed and stderr is a terminal (into a
+    pipe or a file, `| tee` or a job's log, a bar would be hundreds of carriage-return updates)."""
+    if not enabled or not sys.stderr.isatty():
         return iterable
     try:
         from tqdm import tqdm
