@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import sys
 
 import pytest
 
@@ -11,7 +12,8 @@ from tinyitop.sweep import check_plot, check_runs, expand, load_config, run, tra
 from tinyitop.sweep import resolved as resolve_settings
 from tinyitop.train import Config, train
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
 
 
 def _spec(tmp_path, **plot):
@@ -103,8 +105,16 @@ def test_print_commands_for_a_scheduler(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     first = shlex.split(lines[0])
-    assert first[:4] == ["python", "-m", "tinyitop", "train"] and "--resume" in first
-    assert first[first.index("--update-interval") + 1] == "3"
+    train = first[first.index("python"):first.index(">>")]
+    assert train[:4] == ["python", "-m", "tinyitop", "train"] and "--resume" in train
+    assert train[train.index("--update-interval") + 1] == "3"
+    out = train[train.index("--out") + 1]
+    assert os.path.isabs(out) and first[first.index(">>") + 1] == os.path.join(out, "log.txt")
+    assert {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "TINYITOP_THREADS=1"} <= set(first)
+    import subprocess                                  # as GNU parallel runs it: a shell line, any folder
+    done = subprocess.run(["bash", "-c", lines[0].replace("python -m", f"{sys.executable} -m", 1)],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0 and "best val acc" in open(os.path.join(out, "log.txt")).read()
 
 
 def test_dataset_override_and_negated_flags_reach_the_train_commands(tmp_path, capsys):

@@ -243,6 +243,21 @@ def main(argv=None):
     sweep_parser.add_argument("--aggregate", action="store_true", help="only aggregate finished runs")
     sweep_parser.add_argument("--dataset", type=dataset_arg, default=None,
                               help="replace the preset's data set, e.g. your own cifar10.npz (default: the preset's)")
+    sweep_parser.add_argument("--status", action="store_true",
+                              help="list each run as done, running, stale, failed or not started; gather the done")
+    sweep_parser.add_argument("--shard", default=None, metavar="I/N",
+                              help="run only runs I, I+N, I+2N, ... (default: a Slurm array task's index, else all)")
+    cluster = sweep_parser.add_argument_group("cluster", "--slurm writes a job-array script (a task per run) "
+                                              "and prints its sbatch line; the options go into it")
+    cluster.add_argument("--slurm", action="store_true", help="write SWEEP_FOLDER/slurm.sh and exit")
+    cluster.add_argument("--claim-timeout", type=float, default=600, metavar="SECONDS",
+                         help="a run claimed from another host whose heartbeat is this old is taken over "
+                              "(default: %(default)s; a claim beats every 30 s, or a quarter of this if less)")
+    cluster.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    cluster.add_argument("--time", default=None, help="time limit per run, e.g. 2:00:00 (default: the cluster's)")
+    cluster.add_argument("--gpus", default=None, help="GPUs per run, e.g. 1 (default: none)")
+    cluster.add_argument("--mem", default=None, help="memory per run, e.g. 8G (default: the cluster's)")
+    cluster.add_argument("--cpus-per-task", type=int, default=1, help="cores and threads per run (default: 1)")
     pack_parser = commands.add_parser("pack-images", help="a folder of images -> an .npz data set for --dataset")
     pack_parser.add_argument("folder", help="FOLDER/train/<class>/* and FOLDER/test/<class>/* (PNG or JPEG)")
     pack_parser.add_argument("out", help="the .npz to write, e.g. ~/data/cifar10.npz")
@@ -251,10 +266,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.command == "sweep":
-        from tinyitop.sweep import SweepFailed, run as run_sweep
+        from tinyitop.sweep import SweepFailed, claim_timeout, parse_shard, run as run_sweep
         again = shlex.join(["python", "-m", "tinyitop"] + argv)
+        slurm = (dict(partition=args.partition, time_limit=args.time, gpus=args.gpus, mem=args.mem,
+                      cpus=args.cpus_per_task) if args.slurm else None)
         return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers, args.print_commands,
-                                              args.aggregate, args.dataset, again),
+                                              args.aggregate, args.dataset, again,
+                                              parse_shard(args.shard) if args.shard else None, args.status, slurm,
+                                              claim_timeout(args.claim_timeout)),
                             (ValueError, OSError, SweepFailed))
     if args.command == "pack-images":
         from tinyitop.pack_images import pack

@@ -210,12 +210,12 @@ def sweep_figure(rows, spec, path, title):
             if numeric:
                 chosen.sort(key=lambda r: float(r[x_key]))
                 ax.errorbar([float(r[x_key]) for r in chosen], [r[metric] for r in chosen],
-                            yerr=[r[metric + "_std"] for r in chosen], marker="o", capsize=3,
+                            yerr=[r[metric + "_std"] or 0 for r in chosen], marker="o", capsize=3,
                             label=f"{series_key}={name}" if series_key else None)
             else:
                 width = 0.8 / len(series)
                 xs = [j + i * width for j in range(len(chosen))]
-                bars = ax.bar(xs, [r[metric] for r in chosen], width, yerr=[r[metric + "_std"] for r in chosen],
+                bars = ax.bar(xs, [r[metric] for r in chosen], width, yerr=[r[metric + "_std"] or 0 for r in chosen],
                               capsize=3, label=f"{series_key}={name}" if series_key else None)
                 ax.bar_label(bars, labels=[f"{r[metric]:.3f}" for r in chosen], fontsize=7, padding=2)
                 ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(chosen))],

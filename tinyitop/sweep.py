@@ -1,20 +1,14 @@
-"""Grids of experiments: `python -m tinyitop sweep CONFIG.json`.
+"""Running a sweep: `python -m tinyitop sweep CONFIG.json` (docs/RUNS.md: sweeps, and on a cluster).
 
-A config names a base experiment, a grid of settings (crossed), optional variants (each crossed with
-the grid), a reduced preset (the default, a 2-core CPU finishes it in well under an hour) and the
-paper's settings (`--full`). Every run is one `python -m tinyitop train` command in its own folder:
-finished runs (summary.json) are skipped, unfinished ones resume from their checkpoint, so a sweep can
-be killed and restarted. `--print-commands` prints those commands for a cluster scheduler; `--aggregate`
-then collects mean +- std over seeds into results.csv / results.md / results.png.
+A config expands into runs (sweep_config.py); this module trains them. Any number of sweep processes,
+on one machine or on several sharing the sweep folder, can work on one sweep at once: each run is
+claimed by exactly one of them (claims.py), a run whose claimer died is taken over and resumed from
+its checkpoint, finished runs (summary.json) are skipped. `--shard I/N` (or a Slurm array task's
+environment) keeps a process to every N-th run; `--slurm` writes a job-array script; `--status`
+says where each run stands; the results of the finished runs are gathered by sweep_results.py.
 """
 import concurrent.futures
-import csv
-import io
-import itertools
-import json
-import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -22,181 +16,67 @@ import sys
 import threading
 import time
 
-from tinyitop import checkpoint
-from tinyitop.rundir import atomic_write, lock
-from tinyitop.config import Config, changed_settings
-
-METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
-           "generalization_gap", "train_flops_rel", "test_flops_rel")
-CONFIG_FIELDS = set(Config.__dataclass_fields__)
-NEGATABLE = {"augment"}     # on/off settings whose False is a flag of its own (--no-augment)
-SPEC_KEYS = {"name", "title", "claim", "plot", "reduced", "full"}
-PLOT_KEYS = {"x", "y", "series", "xscale"}
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=,+-]*")     # a folder name: no '/', no '..', no leading dot
+from tinyitop import claims
+from tinyitop.rundir import atomic_write
+from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
+                                   finished_summary, load_config, resolved, train_command)
+from tinyitop.sweep_results import (FAILED_NAME, aggregate, clear_failure, markdown_table, print_states,  # noqa: F401
+                                    record_failure, run_states)
 
 
 class SweepFailed(RuntimeError):
     """Some runs of the sweep failed (their points are marked in results.md)."""
 
 
-def load_config(path, full=False):
-    """The sweep spec and its preset ('reduced', or 'full'), checked: every problem names the file."""
-    if os.path.isdir(path):
-        raise ValueError(f"sweep config {path} is a folder: give a JSON file, e.g. experiments/fig3_update_interval.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"sweep config {path} does not exist (the shipped ones are in experiments/)")
+def parse_shard(text):
+    """'I/N' -> (I, N) with 0 <= I < N."""
     try:
-        with open(path) as f:
-            spec = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}): "
-                         "save it as UTF-8") from None
-    section = "full" if full else "reduced"
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ValueError(f"{path}: a sweep config is a JSON object with a \"name\" and a \"{section}\" section")
-    if section not in spec:
-        raise ValueError(f"{path} has no \"{section}\" section" + (" (it has no --full settings)" if full else ""))
-    unknown_keys = set(spec) - SPEC_KEYS
-    if unknown_keys:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown_keys)} (a sweep config has {', '.join(sorted(SPEC_KEYS))})")
-    if not SAFE_NAME.fullmatch(spec["name"]):
-        raise ValueError(f"{path}: \"name\" {spec['name']!r} must be a plain folder name (letters, digits, _ . = , + -)")
-    plot = spec.get("plot")
-    if plot is not None and (not isinstance(plot, dict) or "x" not in plot or set(plot) - PLOT_KEYS):
-        raise ValueError(f"{path}: \"plot\" must be an object with \"x\" and optionally "
-                         f"\"y\", \"series\", \"xscale\"; got {plot!r}")
-    preset = spec[section]
-    if not isinstance(preset, dict):
-        raise ValueError(f"{path}: \"{section}\" must be a JSON object, got {type(preset).__name__}")
-    for key, kind in (("base", dict), ("grid", dict), ("variants", list)):
-        if not isinstance(preset.get(key, kind()), kind):
-            raise ValueError(f"{path}: \"{section}.{key}\" must be a JSON {'object' if kind is dict else 'list'}, "
-                             f"got {type(preset[key]).__name__}")
-    if any(not isinstance(v, list) or not v for v in preset.get("grid", {}).values()):
-        raise ValueError(f"{path}: every \"{section}.grid\" entry must be a non-empty list of values")
-    if any(not isinstance(v, dict) for v in preset.get("variants", [])):
-        raise ValueError(f"{path}: \"{section}.variants\" must be a list of objects")
-    unknown = set(preset.get("base", {})) | set(preset.get("grid", {}))
-    for variant in preset.get("variants", [{}]):
-        unknown |= set(variant) - {"label"}
-    unknown -= CONFIG_FIELDS
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-    unknown_sections = set(preset) - {"base", "grid", "variants"}
-    if unknown_sections:
-        raise ValueError(f"{path}: \"{section}\" has unknown keys {sorted(unknown_sections)} (base, grid, variants)")
-    return spec, preset
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: give I/N, e.g. 0/4 (this process runs runs I, I+N, I+2N, ...)") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: need 0 <= I < N")
+    return index, count
 
 
-def check_runs(path, runs):
-    """Every run's settings are valid training options and every run has a folder of its own,
-    checked before any run starts."""
-    ids = [run_id for run_id, _, _ in runs]
-    shared = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
-    if shared:
-        raise ValueError(f"{path}: {len(shared)} run folder(s) would be shared by several runs ({', '.join(shared)}): "
-                         "two variants have the same label, or a grid lists a value twice; make them distinct")
-    for run_id, _, settings in runs:
-        try:
-            Config(**resolved(settings)).validate()
-        except (TypeError, ValueError) as err:
-            detail = str(err).removeprefix("bad options: ")
-            raise ValueError(f"{path}: run {run_id}: {detail}") from None
+def claim_timeout(seconds):
+    """--claim-timeout, checked: a positive number of seconds (heartbeats come four times as often)."""
+    if not seconds > 0:
+        raise ValueError(f"--claim-timeout {seconds:g}: give a positive number of seconds")
+    return seconds
 
 
-def check_plot(path, plot, runs):
-    """The figure's axes name settings that vary between runs (seed is averaged over) and metrics
-    that exist: checked up front, not found by a traceback after every run finished."""
-    if not plot:
-        return
-    commands = [(run_id, label, settings, None) for run_id, label, settings in runs]
-    columns = (_varied(commands) - {"seed"}) | ({"label"} if any(label for _, label, _ in runs) else set())
-    for key in ("x", "series"):
-        if plot.get(key) is not None and plot[key] not in columns:
-            raise ValueError(f"{path}: plot \"{key}\" is {plot[key]!r}, but the runs vary only in "
-                             f"{sorted(columns) or 'nothing but the seed'} (the seed is averaged over)")
-    metrics = plot.get("y", ["test_acc_at_best_val"])
-    if not isinstance(metrics, list) or not metrics or set(metrics) - set(METRICS):
-        raise ValueError(f"{path}: plot \"y\" must be a list of {', '.join(METRICS)}; got {metrics!r}")
+def slurm_shard(environ=os.environ):
+    """(I, N) of a Slurm array task, from SLURM_ARRAY_TASK_ID and _COUNT (or _MIN/_MAX), or None."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        return None
+    task = int(environ["SLURM_ARRAY_TASK_ID"])
+    low = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    count = (int(environ["SLURM_ARRAY_TASK_COUNT"]) if "SLURM_ARRAY_TASK_COUNT" in environ
+             else int(environ.get("SLURM_ARRAY_TASK_MAX", task)) - low + 1)
+    if not 0 <= task - low < count:
+        raise ValueError(f"Slurm array task {task} lies outside the array ({low} .. {low + count - 1})")
+    return task - low, count
 
 
-def _saved_config(run_folder):
-    """The settings a run folder was trained with (summary.json, else its checkpoint), or None."""
-    summary = _summary(*os.path.split(run_folder))
-    if summary is not None:
-        return summary["config"]
-    if os.path.exists(os.path.join(run_folder, "checkpoint.npz")):
-        try:
-            return checkpoint.read_meta(os.path.join(run_folder, "checkpoint.npz"))["config"]
-        except ValueError:
-            return None
-    return None
+def in_shard(commands, shard):
+    """The runs of `commands` (in their stable order) whose index is I mod N."""
+    if shard is None:
+        return commands
+    index, count = shard
+    return [c for i, c in enumerate(commands) if i % count == index]
 
 
-def check_not_stale(folder, runs):
-    """A run folder's identity is all of its resolved settings, not only the grid values in its name:
-    a folder trained with other settings (the base edited since) is refused, never reported."""
-    stale = []
-    for run_id, _, settings in runs:
-        saved = _saved_config(os.path.join(folder, run_id))
-        if saved is None:
-            continue
-        changed = [f"{k} {old} -> {new}" for k, old, new in changed_settings(saved, Config(**resolved(settings)))]
-        if changed:
-            stale.append(f"{run_id} ({', '.join(changed)})")
-    if stale:
-        raise ValueError(f"{len(stale)} run folder(s) under {folder} were trained with other settings than the "
-                         f"config now gives: {stale[0]}{' and more' if len(stale) > 1 else ''}. Use another --root "
-                         "(or move those folders away) so that old results are not reported as new")
-
-
-def expand(preset):
-    """[(run_id, settings)] for every variant x grid point, in a stable order."""
-    grid = preset.get("grid", {})
-    keys = list(grid)
-    runs = []
-    for variant in preset.get("variants", [{}]):
-        label = variant.get("label")
-        for values in itertools.product(*(grid[k] for k in keys)):
-            overrides = {k: v for k, v in variant.items() if k != "label"}
-            overrides.update(zip(keys, values))
-            parts = ([label] if label else []) + [f"{k}={_text(v)}" for k, v in overrides.items()
-                                                   if not (label and k in variant)]
-            runs.append(("_".join(parts).replace("/", "-").replace(" ", "-"), label, {**preset.get("base", {}), **overrides}))
-    return runs
-
-
-def _text(value):
-    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-
-
-def resolved(settings):
-    """A run's settings as training sees them: a dense run has no sparsity but 0 (the base's is for
-    the sparse runs beside it, and `train --method dense` refuses any other)."""
-    if settings.get("method") == "dense" and settings.get("sparsity", 0) != 0:
-        return {k: v for k, v in settings.items() if k != "sparsity"}
-    return settings
-
-
-def train_command(settings, out):
-    """The `python -m tinyitop train` command line for these settings."""
-    args = [sys.executable, "-m", "tinyitop", "train", "--out", out, "--resume", "--no-progress", "--no-plots"]
-    for key, value in resolved(settings).items():
-        if value is None or key in ("out", "resume", "progress"):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args += [flag] if value else (["--no-" + flag[2:]] if key in NEGATABLE else [])
-        else:
-            args += [flag, _text(value)]
-    return args
+def thread_env(threads):
+    return {name: str(threads) for name in THREAD_VARIABLES}
 
 
 def _stop_with_parent():
     """In a worker, before it starts (Linux): the kernel sends it SIGTERM when the sweep process dies,
-    even by kill -9, so no run trains on as an orphan. It stops as on Ctrl-C, keeping its checkpoint."""
+    even by kill -9, so no run trains on as an orphan. It stops as on Ctrl-C, keeping its checkpoint.
+    SIGINT back to its default: a sweep started with `&` from a script inherits SIGINT ignored, and
+    its workers would then ignore the sweep's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # 1: PR_SET_PDEATHSIG
@@ -208,17 +88,17 @@ class _Workers:
     """Runs train commands as child processes; `stop()` (Ctrl-C) starts no new run and stops the
     running ones with SIGINT, so each keeps its last checkpoint and the sweep resumes later."""
 
-    def __init__(self, threads):
-        self.threads, self.stopping, self.running = threads, threading.Event(), set()
+    def __init__(self, threads, heartbeat=claims.HEARTBEAT_SECONDS):
+        self.threads, self.heartbeat, self.stopping, self.running = threads, heartbeat, threading.Event(), set()
         self._lock = threading.Lock()
 
-    def run(self, args, out):
+    def run(self, args, out, claim=None):
+        """Exit status of one run (None if stopped before it began), and its seconds; a run taken
+        over by another process (its claim lost) is stopped like Ctrl-C."""
         if self.stopping.is_set():
             return None, 0.0
         os.makedirs(out, exist_ok=True)
-        env = dict(os.environ)
-        if self.threads == 1:   # one process per core: no BLAS or gather threads inside
-            env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYITOP_THREADS="1")
+        env = {**os.environ, **(thread_env(1) if self.threads == 1 else {})}   # one process per core
         started = time.perf_counter()
         with open(os.path.join(out, "log.txt"), "a") as log:
             with self._lock:
@@ -227,6 +107,8 @@ class _Workers:
                 process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                            preexec_fn=_stop_with_parent)
                 self.running.add(process)
+            if claim is not None:
+                claim.start_heartbeat(lambda: process.send_signal(signal.SIGINT), self.heartbeat)
             code = process.wait()
             with self._lock:
                 self.running.discard(process)
@@ -247,14 +129,16 @@ class _Workers:
 
 
 def run(config_path, root, full=False, workers=None, print_commands=False, aggregate_only=False, dataset=None,
-        continue_command=None):
-    """Run (or only aggregate) a sweep; `dataset` replaces the preset's data set (e.g. the user's npz),
-    and the folder name then says which data the results are on. Raises SweepFailed if runs failed,
-    KeyboardInterrupt (saying how to continue, `continue_command`) on Ctrl-C."""
+        continue_command=None, shard=None, status=False, slurm=None, stale_after=claims.STALE_AFTER_SECONDS):
+    """Run (or only aggregate, or list the state of) a sweep; `dataset` replaces the preset's data set
+    (e.g. the user's npz), and the folder name then says which data the results are on. `shard`
+    (I, N) keeps this process to every N-th run (default: a Slurm array task's, else all). Raises
+    SweepFailed if runs failed or none finished, KeyboardInterrupt (saying how to continue,
+    `continue_command`) on Ctrl-C."""
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     spec, preset = load_config(config_path, full)
-    folder = os.path.join(root, spec["name"] + ("-full" if full else ""))
+    folder = os.path.abspath(os.path.join(root, spec["name"] + ("-full" if full else "")))
     if dataset is not None:
         preset = {**preset, "base": {**preset.get("base", {}), "dataset": dataset}}
         folder += "-" + os.path.splitext(os.path.basename(dataset))[0]
@@ -264,22 +148,33 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     commands = [(run_id, label, settings, train_command(settings, os.path.join(folder, run_id)))
                 for run_id, label, settings in runs]
     if print_commands:
-        for *_, args in commands:
-            print(shlex.join(["python"] + args[1:]))   # portable: the scheduler's python
+        for run_id, *_, args in commands:
+            print(_shell_command(args, os.path.join(folder, run_id)))
         return None
+    if slurm is not None:
+        return write_slurm_script(config_path, root, full, dataset, folder, len(commands), **slurm)
     check_not_stale(folder, runs)
-    failed = {}
     os.makedirs(folder, exist_ok=True)
-    with _sweep_lock(folder):
-        if not aggregate_only:
-            failed = _run_all(spec, folder, commands, workers, continue_command)
-        unfinished = [c[0] for c in commands if c[0] not in failed and _summary(folder, c[0]) is None]
-        rows = aggregate(spec, folder, commands, {**failed, **{run_id: "not finished" for run_id in unfinished}})
+    shard = shard if shard is not None else slurm_shard()
+    failed = {}
+    if not (aggregate_only or status):
+        failed = _run_all(spec, folder, in_shard(commands, shard), workers, continue_command, stale_after)
+    states = run_states(folder, commands, stale_after)
+    if status or aggregate_only:
+        print_states(states)
+    unfinished = {run_id: what for run_id, what, _ in states if what != "done" and run_id not in failed}
+    done = len(commands) - len(unfinished) - len(failed)
+    if not done:
+        raise SweepFailed(f"none of the {len(commands)} runs in {folder} has finished yet: nothing to gather "
+                          "(run the sweep without --aggregate/--status to train them)")
+    rows = aggregate(spec, folder, commands, {**failed, **unfinished})
+    if shard is not None and not (aggregate_only or status):
+        return rows                  # one shard of many: the others' runs are theirs to finish
     if unfinished:
-        raise SweepFailed(f"{len(unfinished)} of {len(commands)} runs have not finished ({', '.join(unfinished[:3])}"
-                          f"{' and more' if len(unfinished) > 3 else ''}): the results hold the others only, with "
-                          "fewer seeds where a group lacks some (marked in results.md); run the sweep without "
-                          "--aggregate to finish them")
+        raise SweepFailed(f"{len(unfinished)} of {len(commands)} runs have not finished ({', '.join(list(unfinished)[:3])}"
+                          f"{' and more' if len(unfinished) > 3 else ''}): the results hold the {done} others, "
+                          "with fewer seeds where a group lacks some (marked in results.md); --status says "
+                          "where each stands, and the sweep without it trains what nobody is training")
     if failed:
         listing = "; ".join(f"{run_id} (log: {os.path.join(folder, run_id, 'log.txt')})" for run_id in failed)
         raise SweepFailed(f"{len(failed)} of {len(commands)} runs failed: {listing}. Their points are missing "
@@ -287,142 +182,128 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     return rows
 
 
-class _sweep_lock:
-    """One sweep per folder at a time (an OS lock, released when the process dies): two sweeps on
-    one root would resume each other's runs and report false failures."""
-
-    def __init__(self, folder):
-        self.path = os.path.join(folder, ".sweep.lock")
-
-    def __enter__(self):
-        self.file = lock(open(self.path, "a+"), f"another sweep (PID {{pid}}) is running in "
-                                                f"{os.path.dirname(self.path)}: wait for it to finish, or use another --root")
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
+def _shell_command(args, run_folder):
+    """One run as a shell line for GNU parallel or a scheduler: one thread, absolute paths, its log."""
+    env = " ".join(f"{k}={v}" for k, v in thread_env(1).items())
+    train = shlex.join(["python"] + args[1:])              # portable: the node's python
+    return f"mkdir -p {shlex.quote(run_folder)} && {env} {train} >> {shlex.quote(os.path.join(run_folder, 'log.txt'))} 2>&1"
 
 
-def _run_all(spec, folder, commands, workers, continue_command=None):
-    """Run the unfinished runs in parallel; returns {run_id: exit status} of those that failed."""
-    todo = [c for c in commands if _summary(folder, c[0]) is None]     # a torn summary: rerun, it resumes
+POLL_SECONDS = 2          # how often a sweep with nothing to claim looks again at runs others hold
+
+
+def _open_runs(folder, commands, skip, since):
+    """Runs of `commands` still to train: not finished, not tried by this process, not failed in
+    another process since this sweep began (each sweep retries a failed run once, not each process)."""
+    open_runs = []
+    for command in commands:
+        run_id = command[0]
+        if run_id in skip or finished_summary(folder, run_id) is not None:
+            continue
+        try:
+            if os.stat(os.path.join(folder, run_id, FAILED_NAME)).st_mtime >= since:
+                continue
+        except OSError:
+            pass
+        open_runs.append(command)
+    return open_runs
+
+
+def _next_claim(folder, commands, skip, stale_after, lock, since):
+    """The next open run this process wins a claim on, as (command, Claim); None if none is free now.
+    Also says whether other processes still hold open runs (then it is worth looking again)."""
+    with lock:
+        open_runs = _open_runs(folder, commands, skip, since)
+        for command in open_runs:
+            run_id = command[0]
+            claim = claims.try_claim(os.path.join(folder, run_id), stale_after)
+            if claim is None:
+                continue
+            if finished_summary(folder, run_id) is not None:    # finished while we looked
+                claim.release()
+                continue
+            skip.add(run_id)                                     # tried once per process
+            return (command, claim), True
+        return None, bool(open_runs)
+
+
+def _run_all(spec, folder, commands, workers, continue_command=None, stale_after=claims.STALE_AFTER_SECONDS):
+    """Train the runs of `commands` that no other process is training, `workers` at a time; returns
+    {run_id: exit status} of those that failed here."""
     workers = workers or min(2, os.cpu_count() or 1)
-    print(f"{spec['name']}: {len(commands)} runs, {len(commands) - len(todo)} already finished, "
-          f"{workers} worker(s); logs in {folder}/RUN/log.txt", flush=True)
-    runner = _Workers(1 if workers > 1 else None)
-    failed = {}
+    finished = sum(finished_summary(folder, c[0]) is not None for c in commands)
+    print(f"{spec['name']}: {len(commands)} runs, {finished} already finished, {workers} worker(s); "
+          f"logs in {folder}/RUN/log.txt", flush=True)
+    runner = _Workers(1 if workers > 1 else None, min(claims.HEARTBEAT_SECONDS, stale_after / 4))
+    failed, tried, lock, counter, since = {}, set(), threading.Lock(), [0], time.time()
+
+    def worker():
+        while not runner.stopping.is_set():
+            taken, others = _next_claim(folder, commands, tried, stale_after, lock, since)
+            if taken is None and others:           # held by other processes: wait for them to finish,
+                runner.stopping.wait(POLL_SECONDS)   # or to go stale and be taken over here
+                continue
+            if taken is None:
+                return
+            (run_id, _, _, args), claim = taken
+            run_folder = os.path.join(folder, run_id)
+            clear_failure(run_folder)
+            try:
+                code, seconds = runner.run(args, run_folder, claim)
+            finally:
+                claim.release()
+            if code is None:
+                return
+            with lock:
+                counter[0] += 1
+                if code != 0 and not claim.lost():
+                    failed[run_id] = code
+                    record_failure(run_folder, code)
+                what = ("ok" if code == 0 else "taken over by another process" if claim.lost()
+                        else f"FAILED (exit {code}, see {os.path.join(run_folder, 'log.txt')})")
+                print(f"[{counter[0]}] {run_id}: {what} in {seconds:.0f} s", flush=True)
+
     pool = concurrent.futures.ThreadPoolExecutor(workers)
     try:
-        futures = {pool.submit(runner.run, args, os.path.join(folder, run_id)): run_id
-                   for run_id, _, _, args in todo}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            code, seconds = future.result()
-            run_id = futures[future]
-            if code != 0:
-                failed[run_id] = code
-            status = "ok" if code == 0 else f"FAILED (exit {code}, see {os.path.join(folder, run_id, 'log.txt')})"
-            print(f"[{done}/{len(todo)}] {run_id}: {status} in {seconds:.0f} s", flush=True)
+        futures = [pool.submit(worker) for _ in range(workers)]
+        while not all(future.done() for future in futures):
+            concurrent.futures.wait(futures, timeout=0.5)        # timed: Ctrl-C reaches this thread
+        for future in futures:
+            future.result()
     except KeyboardInterrupt:
         runner.stop()
         pool.shutdown(wait=True, cancel_futures=True)
-        finished = sum(_summary(folder, c[0]) is not None for c in commands)
+        done = sum(finished_summary(folder, c[0]) is not None for c in commands)
         how = continue_command or "the same sweep command"
-        raise KeyboardInterrupt(f"sweep interrupted: {finished} of {len(commands)} runs finished; running ones "
+        raise KeyboardInterrupt(f"sweep interrupted: {done} of {len(commands)} runs finished; running ones "
                                 f"kept their last checkpoint. Continue with: {how}") from None
     pool.shutdown(wait=True)
     return failed
 
 
-def _summary(folder, run_id):
-    """A finished run's summary.json, or None: absent, or torn (a crash mid-write, a full disk), in
-    which case the run is not finished: rerunning its command resumes the checkpoint and rewrites it."""
-    try:
-        with open(os.path.join(folder, run_id, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return None
-    keys = ("config", "final_train_acc", "last_test_acc", "final_rs")
-    return summary if isinstance(summary, dict) and all(k in summary for k in keys) else None
-
-
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def aggregate(spec, folder, commands, failed=None):
-    """Group runs that differ only by seed; write results.csv, results.md, results.png and curves.png
-    (test accuracy and R_s per epoch of each group's first seed). Failed runs ({run_id: exit
-    status}) are listed under the table and named on the figure."""
-    failed = failed or {}
-    varied = _varied(commands) - {"seed"}
-    groups = {}
-    for run_id, label, settings, _ in commands:
-        summary = _summary(folder, run_id)
-        if summary is None:
-            continue
-        summary["generalization_gap"] = summary["final_train_acc"] - summary["last_test_acc"]
-        key = tuple((k, _text(v)) for k, v in settings.items() if k in varied)
-        group = groups.setdefault(key, {"label": label, "settings": dict(key), "summaries": [], "runs": []})
-        group["summaries"].append(summary)
-        group["runs"].append(os.path.join(folder, run_id))
-    rows = []
-    for group in groups.values():
-        row = {"label": group["label"] or "", **group["settings"], "seeds": len(group["summaries"])}
-        for metric in METRICS:
-            row[metric], row[metric + "_std"] = _mean_std([s.get(metric) for s in group["summaries"]])
-        rows.append(row)
-    if not rows:
-        print("no finished runs to aggregate")
-        return []
-    columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
-    rows = [{key: row.get(key, "") for key in columns} for row in rows]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(os.path.join(folder, "results.csv"), lambda f: f.write(text.getvalue().encode()))
-    table = markdown_table(rows)
-    if failed:
-        table += (f"\n**{len(failed)} failed run(s) or unfinished ones, missing from the table above:** " +
-                  ", ".join(f"`{run_id}` ({code if isinstance(code, str) else f'exit {code}'}, {run_id}/log.txt)"
-                            for run_id, code in failed.items()) + "\n")
-    atomic_write(os.path.join(folder, "results.md"), lambda f: f.write(table.encode()))
-    if spec.get("plot"):
-        from tinyitop.plots import sweep_figure
-        title = spec.get("title", spec["name"])
-        if failed:
-            title += f"\n({len(failed)} failed or unfinished run(s) missing: {', '.join(failed)})"
-        sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
-        from tinyitop.plots import sweep_curves
-        names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"][0]
-                 for g in groups.values()}
-        sweep_curves(names, os.path.join(folder, "curves.png"), title)
-    print(table)
-    print(f"wrote {folder}/results.csv, results.md" + (", results.png, curves.png" if spec.get("plot") else ""))
-    return rows
-
-
-def _varied(commands):
-    """Settings that differ between runs (the columns worth showing)."""
-    keys = set().union(*(settings for _, _, settings, _ in commands))
-    return {k for k in keys if len({_text(s.get(k)) for _, _, s, _ in commands}) > 1}
-
-
-def markdown_table(rows):
-    settings = [c for c in rows[0] if c not in METRICS and not c.endswith("_std") and c != "seeds"
-                and any(str(row[c]) for row in rows)]     # no empty label column
-    shown = ("test_acc_at_best_val", "final_rs", "final_rs_reliable", "generalization_gap", "train_flops_rel")
-    header = settings + ["seeds"] + [m for m in shown]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[c]) for c in settings] + [str(row["seeds"])]
-        for metric in shown:
-            mean, std = row[metric], row[metric + "_std"]
-            cells.append("" if mean is None else f"{mean:.4f} +- {std:.4f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def write_slurm_script(config_path, root, full, dataset, folder, n_runs, partition=None, time_limit=None,
+                       gpus=None, mem=None, cpus=1):
+    """FOLDER/slurm.sh: one job array over the sweep, a task per run (each task a sweep process whose
+    shard is its array index, so claims keep a resubmitted or duplicated task from training a run
+    twice); prints the sbatch line."""
+    os.makedirs(folder, exist_ok=True)
+    sweep = ["python", "-m", "tinyitop", "sweep", os.path.abspath(config_path), "--root", os.path.abspath(root),
+             "--workers", "1"] + (["--full"] if full else []) + (["--dataset", os.path.abspath(dataset)]
+                                                                 if dataset and os.path.exists(dataset) else
+                                                                 ["--dataset", dataset] if dataset else [])
+    options = [f"--job-name=tinyitop-{os.path.basename(folder)}", f"--array=0-{n_runs - 1}",
+               f"--cpus-per-task={cpus}", f"--output={folder}/slurm-%A_%a.out"]
+    options += [f"--partition={partition}"] if partition else []
+    options += [f"--time={time_limit}"] if time_limit else []
+    options += [f"--gpus={gpus}"] if gpus else []
+    options += [f"--mem={mem}"] if mem else []
+    lines = ["#!/bin/bash", f"# {n_runs} runs of {os.path.basename(config_path)}, one array task each; "
+             "resubmit the same script to retry what failed (finished runs are skipped)"]
+    lines += [f"#SBATCH {option}" for option in options]
+    lines += [f"export {k}={v}" for k, v in thread_env(cpus).items()]
+    lines += [f"cd {shlex.quote(os.getcwd())}", "exec " + shlex.join(sweep), ""]
+    path = os.path.join(folder, "slurm.sh")
+    atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
+    os.chmod(path, 0o755)
+    print(f"wrote {path}; submit it with:\nsbatch {shlex.quote(path)}")
+    return path
