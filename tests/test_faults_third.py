@@ -459,3 +459,26 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     bar = progress(items, 3, True, "epoch 1")
     assert bar is not items and list(bar) == items
     assert progress(items, 3, False, "epoch 1") is items
+
+
+def test_compare_methods_gives_the_difference_of_seed_means_and_its_standard_error(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    accuracies = {"static-0.98": [0.58, 0.59, 0.60], "SET-ITOP-0.98": [0.61, 0.62, 0.63], "dense": [0.7]}
+    for label, values in accuracies.items():
+        for seed, value in enumerate(values):
+            (tmp_path / f"{label}_seed={seed}").mkdir()
+            (tmp_path / f"{label}_seed={seed}" / "summary.json").write_text(json.dumps(
+                {"test_acc_at_best_val": value, "last_test_acc": value, "final_rs": 0.1, "final_rs_reliable": 0.05}))
+    result = subprocess.run([sys.executable, os.path.join(root, "experiments", "compare_methods.py"), str(tmp_path),
+                             "--baseline", "static 0.98"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| SET-ITOP-0.98 |"))
+    # means 0.62 and 0.59, sd 0.01 each: difference 3.00 points, SE sqrt(2 * 0.01^2 / 3) = 0.82 points
+    assert "| +3.00 | 0.82 | +3.7 | **yes** |" in row, row
+    dense = next(line for line in result.stdout.splitlines() if line.startswith("| dense |"))
+    assert dense.endswith("|  |  |  |  |")                              # one seed: no standard error
+    missing = subprocess.run([sys.executable, os.path.join(root, "experiments", "compare_methods.py"), str(tmp_path),
+                              "--baseline", "static"], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error:") and "static-0.98" in missing.stderr
