@@ -482,3 +482,19 @@ def test_compare_methods_gives_the_difference_of_seed_means_and_its_standard_err
     missing = subprocess.run([sys.executable, os.path.join(root, "experiments", "compare_methods.py"), str(tmp_path),
                               "--baseline", "static"], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "static-0.98" in missing.stderr
+
+
+def test_reproduce_rows_finds_a_logged_run_again_and_a_changed_row(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train(_config(tmp_path, epochs=3, limit_train=400), log=lambda *_: None)
+    script = [sys.executable, os.path.join(root, "experiments", "reproduce_rows.py"), str(tmp_path / "run"), "--epochs", "2"]
+    same = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert same.returncode == 0 and same.stdout.startswith("same rows: 2 epoch rows"), same.stdout + same.stderr
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    changed = json.loads(rows[1])
+    changed["rs"] += 1e-12                                                  # one bit of one logged figure
+    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join([rows[0], json.dumps(changed), *rows[2:]]) + "\n")
+    different = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert different.returncode == 1 and "metrics.jsonl: row 2 differs" in different.stdout and "rs" in different.stdout
