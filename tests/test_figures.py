@@ -1,6 +1,9 @@
 """The run's figures: titles name the run, empty panels say why, the mask crop is the engine's mask."""
 
+import json
+
 import numpy as np
+import pytest
 
 from tinyitop import plots
 from tinyitop.cli import main as cli_main
@@ -51,3 +54,35 @@ def test_mask_crop_is_the_layer_mask_inside_the_corner():
     expected = np.flatnonzero(dense_mask.reshape(50, 60)[:48, :48].reshape(-1))
     assert crop["crop_shape"] == [48, 48] and crop["crop_active"] == expected.tolist()
     assert set(crop["crop_grown"]) <= set(crop["crop_active"])
+
+
+def test_a_sweep_bar_figure_shows_every_error_bar_and_never_magnifies_noise(tmp_path, monkeypatch):
+    """Two bars at 0.859, one +- 0.004: the axis holds both bars' tops and the whole error bar, and
+    spans at least 2% of the value (it once showed 0.8575-0.86 and clipped the error bar)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tinyitop import plots
+    limits = []
+    monkeypatch.setattr(plt, "close", lambda fig: limits.append(fig.axes[0].get_ylim()))
+    rows = [{"label": "a", "test_acc_at_best_val": 0.859, "test_acc_at_best_val_std": 0.004},
+            {"label": "b", "test_acc_at_best_val": 0.859, "test_acc_at_best_val_std": None}]
+    plots.sweep_figure(rows, {"x": "label", "y": ["test_acc_at_best_val"]}, str(tmp_path / "r.png"), "t")
+    low, high = limits[0]
+    assert low <= 0.855 and high >= 0.863 and high - low >= 0.02 * 0.859
+
+
+def test_sweep_curves_average_the_seeds_of_a_group_and_say_so(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tinyitop import plots
+    for seed, accuracies in enumerate(([0.5, 0.6], [0.7, 0.8])):
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e + 1, "test_acc": a, "rs": 0.1}) + "\n" for e, a in enumerate(accuracies)))
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig.axes[0].get_lines()[0]))
+    plots.sweep_curves({"SET": [str(tmp_path / "s0"), str(tmp_path / "s1")]}, str(tmp_path / "c.png"), "t")
+    line = drawn[0]
+    assert list(line.get_ydata()) == pytest.approx([0.6, 0.7]) and line.get_label() == "SET (mean of 2 seeds, band: min-max)"

@@ -225,10 +225,13 @@ def sweep_figure(rows, spec, path, title):
             ticks = sorted({float(r[x_key]) for r in rows})
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
-        values = [r[metric] for r in rows if r[metric] is not None]
-        low, high = min(values), max(values)
-        if not numeric and high > 0 and (high - low) < 0.25 * high:   # close bars: zoom in, or 1 point is invisible
-            margin = max(high - low, 1e-3)
+        # The axis holds every bar's top, its error bar and its label; close bars are zoomed in (else a
+        # point's difference is invisible), never below a 2% window, which would magnify the noise.
+        spans = [(r[metric] - (r[metric + "_std"] or 0), r[metric] + (r[metric + "_std"] or 0))
+                 for r in rows if r[metric] is not None]
+        low, high = min(a for a, _ in spans), max(b for _, b in spans)
+        if not numeric and high > 0 and (high - low) < 0.25 * high:
+            margin = max(high - low, 0.02 * high)
             ax.set_ylim(low - margin, high + 0.6 * margin)
         ax.set(xlabel=x_key, ylabel=labels.get(metric, metric))
         ax.grid(alpha=0.3)
@@ -242,14 +245,21 @@ def sweep_figure(rows, spec, path, title):
 
 
 def sweep_curves(runs, path, title):
-    """Test accuracy and R_s per epoch, one line per run ({name: run folder}); returns the path."""
+    """Test accuracy and R_s per epoch, one line per group of runs ({name: [run folders]}, the seeds
+    of one setting): their mean, and a band from the lowest to the highest seed; returns the path."""
     plt = _pyplot()
     fig, (acc_ax, rs_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, run_dir in runs.items():
-        rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-        epochs = [r["epoch"] for r in rows]
-        acc_ax.plot(epochs, [r["test_acc"] for r in rows], label=name)
-        rs_ax.plot(epochs, [r["rs"] for r in rows], label=name)
+    for name, run_dirs in runs.items():
+        logs = [read_jsonl(os.path.join(run_dir, "metrics.jsonl")) for run_dir in run_dirs]
+        epochs = [r["epoch"] for r in min(logs, key=len)]                 # the epochs every seed has
+        label = name if len(logs) == 1 else f"{name} (mean of {len(logs)} seeds, band: min-max)"
+        for ax, key in ((acc_ax, "test_acc"), (rs_ax, "rs")):
+            per_seed = [[rows[i][key] for i in range(len(epochs))] for rows in logs]
+            mean = [sum(v) / len(v) for v in zip(*per_seed)]
+            line, = ax.plot(epochs, mean, label=label)
+            if len(logs) > 1:
+                ax.fill_between(epochs, [min(v) for v in zip(*per_seed)], [max(v) for v in zip(*per_seed)],
+                                color=line.get_color(), alpha=0.2)
     acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
     rs_ax.set(xlabel="epoch", ylabel="R_s (explored fraction)", title="ITOP rate R_s per epoch")
     for ax in (acc_ax, rs_ax):

@@ -89,7 +89,7 @@ def _mean_std(values):
 
 def aggregate(spec, folder, commands, failed=None):
     """Group runs that differ only by seed; write results.csv, results.md, results.png and curves.png
-    (test accuracy and R_s per epoch of each group's first seed). Failed runs ({run_id: exit
+    (test accuracy and R_s per epoch of each group: the mean over its seeds and their range). Failed runs ({run_id: exit
     status}) are listed under the table and named on the figure."""
     failed = failed or {}
     varied = varied_settings(commands) - {"seed"}
@@ -132,7 +132,7 @@ def aggregate(spec, folder, commands, failed=None):
             title += f"\n({len(failed)} failed or unfinished run(s) missing: {', '.join(failed)})"
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
         from tinyitop.plots import sweep_curves
-        names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"][0]
+        names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"]
                  for g in groups.values()}
         sweep_curves(names, os.path.join(folder, "curves.png"), title)
     print(table)
