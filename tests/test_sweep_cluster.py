@@ -159,3 +159,23 @@ def test_a_real_slurm_runs_the_array(tmp_path):
     assert submitted.returncode == 0, submitted.stderr
     status = _sweep(config, root, "--aggregate").communicate(timeout=120)[0]
     assert "4 done" in status
+
+
+def test_a_background_sweep_with_sigint_ignored_still_stops_its_workers_on_sigterm(tmp_path):
+    """A sweep started with `&` from a script inherits SIGINT ignored; SIGTERM must still stop it and
+    its workers (which are stopped by SIGINT), each run keeping its checkpoint, without a traceback."""
+    config, root = _spec(tmp_path, seeds=2, epochs=50, limit=1200), tmp_path / "runs"
+    sweep = subprocess.Popen([sys.executable, "-m", "tinyitop", "sweep", config, "--root", str(root), "--workers", "2"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    run_folder = root / "tiny" / "seed=0"
+    deadline = time.time() + 300
+    while not (run_folder / "checkpoint.npz").exists():
+        assert time.time() < deadline and sweep.poll() is None
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGTERM)
+    out = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130 and "0 of 2 runs finished" in out, out
+    assert not claims._folder_locked(str(run_folder))                     # its trainer stopped too
+    assert "Traceback" not in (run_folder / "log.txt").read_text()
+    assert len(read_jsonl(str(run_folder / "metrics.jsonl"))) < 50
