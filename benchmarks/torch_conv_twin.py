@@ -1,10 +1,10 @@
 """PyTorch twin of a tinyitop conv run: the same data, batches and settings, trained by PyTorch.
 
 A check of conv + BatchNorm (+ residual) training end to end: the twin of a reduced CIFAR-10 run
-(experiments/cifar10_vgg_methods.json) should end within about a point of tinyitop's test
-accuracy. The batches are tinyitop's own (same split, order, crops and flips, from the same seed);
+(experiments/cifar10_vgg_itop.json) should end within about a point of tinyitop's test accuracy. The batches are tinyitop's own (same split, order, crops and flips, from the same seed);
 the weights, masks and growth draws are PyTorch's, so the two differ as two seeds do. SET here is
-the ITOP reference's way: a dense weight times a 0/1 mask, with ERK densities from tinyitop.init.
+the ITOP reference's way: a dense weight times a 0/1 mask, with ERK densities from tinyitop.init
+(static: the same masks, never updated).
 Needs torch (a separate venv; never a tinyitop dependency):
 
     python benchmarks/torch_conv_twin.py RUN_FOLDER [--threads 1]
@@ -97,8 +97,8 @@ def main(argv=None):
         print(f"error: {args.run} holds no readable summary.json of a finished run ({err})", file=sys.stderr)
         raise SystemExit(2)
     c = summary["config"]
-    if c["model"] != "vgg16" or c["method"] not in ("dense", "set"):
-        print(f"error: the twin trains vgg16 dense or set runs; {args.run} is {c['model']} {c['method']}",
+    if c["model"] != "vgg16" or c["method"] not in ("dense", "static", "set"):
+        print(f"error: the twin trains vgg16 dense, static or set runs; {args.run} is {c['model']} {c['method']}",
               file=sys.stderr)
         raise SystemExit(2)
     try:
@@ -121,7 +121,7 @@ def main(argv=None):
                                 weight_decay=c["weight_decay"])
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     sparse = SetMasks(torch, weights, c["sparsity"], torch.Generator().manual_seed(torch_seed)) \
-        if c["method"] == "set" else None
+        if c["method"] in ("set", "static") else None          # static: the same masks, never updated
     lr_at = MultiStepLR(c["lr"], c["epochs"], c["multiplier"])
     data_rng = np.random.default_rng(c["seed"])
     augment = data.augment if c["augment"] is None else c["augment"]
@@ -139,7 +139,7 @@ def main(argv=None):
             optimizer.step()
             if sparse is not None:
                 sparse.apply()
-                if step % c["update_interval"] == 0 and step < total:
+                if c["method"] == "set" and step % c["update_interval"] == 0 and step < total:
                     sparse.update(prune_rate_at(step, total, c["prune_rate"]), optimizer)
         val = evaluate(torch, model, val_x, val_y, data, c["batch_size"])
         test = evaluate(torch, model, data.test_x, data.test_y, data, c["batch_size"])
