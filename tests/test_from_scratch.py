@@ -10,7 +10,7 @@ import pytest
 from tinyitop import backend as B
 from tinyitop.data import load, normalise, split_validation
 from tinyitop.init import sample_positions
-from tinyitop.topology import TopologyUpdater, sparse_layers
+from tinyitop.topology import sparse_layers
 from tinyitop.train import Config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,15 +75,14 @@ def assert_trains_as(scratch, settings, tmp_path, monkeypatch):
                               on_update=record)
 
     seen = []
-    original = TopologyUpdater.maybe_update
+    import tinyitop.train as train_module
+    original = train_module.update_row
 
-    def watched(self, step):
-        rate = original(self, step)
-        if rate is not None:
-            seen.append((step, [B.to_host(l.weight.flat_positions()) for l in sparse_layers(self.model).values()],
-                         self.exploration.rs(), self.exploration.rs_reliable()))
-        return rate
-    monkeypatch.setattr(TopologyUpdater, "maybe_update", watched)
+    def watched(setup, step, epoch, rate):          # the loop logs each update once its explored sets grew
+        seen.append((step, [B.to_host(l.weight.flat_positions()) for l in sparse_layers(setup.model).values()],
+                     setup.exploration.rs(), setup.exploration.rs_reliable()))
+        return original(setup, step, epoch, rate)
+    monkeypatch.setattr(train_module, "update_row", watched)
     run = train(Config(model="mlp", dataset="synthetic", method="set", init="erk", val_fraction=0.0, seed=0,
                        out=str(tmp_path / "run"), progress=False, overwrite=True, **settings), log=lambda *_: None)
 

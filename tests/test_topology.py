@@ -143,6 +143,8 @@ def _run(method, steps=60, interval=5, growth=None, sparsity=0.9):
     for step in range(1, steps + 1):
         _train_step(model, opt, x, labels, updater, step)
         if updater.maybe_update(step) is not None:
+            for name, (_, kept, grown) in updater.last_update.items():
+                exploration.record_update(name, kept, grown)
             history.append(exploration.rs())
             assert {n: l.weight.nnz for n, l in sparse_layers(model).items()} == nnz
     return model, exploration, history
@@ -198,7 +200,9 @@ def test_stop_exploration_freezes_rs():
                               stop_exploration_step=20)
     for step in range(1, 101):
         _train_step(model, opt, x, labels, updater, step)
-        updater.maybe_update(step)
+        if updater.maybe_update(step) is not None:
+            for name, (_, kept, grown) in updater.last_update.items():
+                exploration.record_update(name, kept, grown)
         if step == 20:
             frozen = exploration.rs()
     assert exploration.rs() == frozen

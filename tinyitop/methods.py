@@ -39,6 +39,16 @@ class Setup:
     steps_per_epoch: int
     total_steps: int
 
+    def count_flops(self, batch_size):
+        """Training FLOPs of this step (a RigL update step also pays for its dense gradients)."""
+        self.flops.step(batch_size, [n for n, l in self.updater.layers.items() if l.keep_dense_grad])
+
+    def after_step(self, step, topology_rate):
+        """GMP prunes on its own schedule; the FLOP counter follows any change of the masks."""
+        pruned = self.pruner is not None and self.pruner.maybe_prune(step)
+        if pruned or topology_rate is not None:
+            self.flops.refresh()
+
 
 def set_up(config, data, train_x, train_y, log):
     """The model for config.method, and everything around it (see Setup)."""

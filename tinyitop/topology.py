@@ -174,7 +174,9 @@ class TopologyUpdater:
             layer.keep_dense_grad = want
 
     def maybe_update(self, step):
-        """After the optimizer step of iteration `step`. Returns the prune rate used, or None."""
+        """After the optimizer step of iteration `step`: prune and regrow every layer. Returns the prune
+        rate used, or None; `last_update` then holds each layer's (source, kept, grown), which the
+        caller records in the explored sets (Exploration.record_update: R_s grows there)."""
         if not self.is_update_step(step):
             return None
         rate = prune_rate_at(step, self.total_steps, self.initial_prune_rate)
@@ -184,7 +186,6 @@ class TopologyUpdater:
             source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad,
                                                layer.grad_operands)
             self.optimizer.remap(weight, source)
-            explored.record_update(kept, grown)
             layer.keep_dense_grad, layer.dense_grad, layer.grad_operands = False, None, None
             self.last_update[name] = (source, kept, grown)
         return rate

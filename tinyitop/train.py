@@ -38,14 +38,14 @@ def train_epoch(setup, batch_iter, step, epoch, updates, check_loss):
         loss = loss_fn.forward(logits, labels)                  # loss
         model.backward(loss_fn.backward())                      # backward
         optimizer.step()                                        # optimizer step
-        setup.flops.step(labels.shape[0], [n for n, l in updater.layers.items() if l.keep_dense_grad])
-        rate = updater.maybe_update(step)  # every Delta T: prune the smallest |w|, grow as many; R_s grows
-        if setup.pruner is not None and setup.pruner.maybe_prune(step):     # GMP: remove, never grow
-            setup.flops.refresh()
-        if rate is not None:                                    # a topology update: log the new R_s
+        setup.count_flops(labels.shape[0])   # before the update: a RigL step pays for its dense gradient
+        rate = updater.maybe_update(step)    # every Delta T: prune the smallest |w|, grow as many (topology.py)
+        if rate is not None:                 # the explored sets take in the new masks: R_s grows (explore.py)
+            for name, (_, kept, grown) in updater.last_update.items():
+                setup.exploration.record_update(name, kept, grown)
             last_rate = rate
-            setup.flops.refresh()
             updates.append(update_row(setup, step, epoch, rate))
+        setup.after_step(step, rate)         # the method's own bookkeeping: GMP's pruning, FLOP counts
         loss_sum = loss_sum + loss * labels.shape[0]
         correct = correct + accuracy_count(logits, labels)
         if step % FINITE_CHECK_EVERY == 0:
