@@ -8,8 +8,9 @@ import pytest
 
 from tinyitop.cli import config_from_args
 from tinyitop.metrics import read_jsonl
-from tinyitop.sweep import check_plot, check_runs, expand, load_config, run, train_command
-from tinyitop.sweep import resolved as resolve_settings
+from tinyitop.sweep import run
+from tinyitop.sweep_config import check_plot, check_runs, expand, load_config, train_command
+from tinyitop.sweep_config import resolved as resolve_settings
 from tinyitop.train import Config, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

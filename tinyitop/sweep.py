@@ -12,16 +12,14 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 from tinyitop import claims
 from tinyitop.rundir import atomic_write
 from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
-                                   finished_summary, load_config, resolved, train_command)
-from tinyitop.sweep_results import (FAILED_NAME, aggregate, clear_failure, markdown_table, print_states,  # noqa: F401
-                                    record_failure, run_states)
+                                   finished_summary, load_config, train_command)
+from tinyitop.sweep_results import FAILED_NAME, aggregate, clear_failure, print_states, record_failure, run_states
 
 
 class SweepFailed(RuntimeError):
