@@ -174,6 +174,6 @@ def _log_start(config, data, setup, n_train, n_val, augment, log):
             f"no topology update will happen, so nothing is explored. Lower --update-interval, e.g. to "
             f"{hint} for {(setup.total_steps - 1) // hint} updates")
     first, second = getattr(setup.lr_at, "milestone_epochs", (None, None))
-    if first is not None and first == second:
+    if first is not None and first == second < config.total_epochs:      # a drop the run reaches
         log(f"note: in {config.total_epochs} epoch(s) the LR's two x0.1 drops (epochs int(E/2) and int(3E/4), the "
             f"reference's schedule) fall on the same epoch: lr x0.01 from epoch {first + 1}")
