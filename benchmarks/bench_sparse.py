@@ -129,8 +129,7 @@ def one(spec):
         updater = TopologyUpdater(model, optimizer, exploration, method="set", update_interval=1, total_steps=10)
         t0 = time.perf_counter()
         updater.maybe_update(1)
-        for name, (_, kept, grown) in updater.last_update.items():      # as train_epoch does
-            exploration.record_update(name, kept, grown)
+        exploration.record_updates(updater.last_update)                  # as train_epoch does
         result["update_ms"] = 1e3 * (time.perf_counter() - t0)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))

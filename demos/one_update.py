@@ -89,8 +89,7 @@ class Narrator:
         dense_grad = self.layer.dense_grad
         scores = None if dense_grad is None else np.abs(B.to_host(dense_grad)).reshape(-1).copy()
         rate = self.updater.maybe_update(step)                       # the engine does the update
-        for name, (_, kept_now, grown_now) in self.updater.last_update.items():
-            self.exploration.record_update(name, kept_now, grown_now)   # and the explored sets grow
+        self.exploration.record_updates(self.updater.last_update)    # and the explored sets grow
         source, kept, grown = (B.to_host(a) for a in self.updater.last_update[LAYER])
         after = self.state()
         k = prune_count(rate, before["positions"].size)

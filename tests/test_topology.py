@@ -143,8 +143,7 @@ def _run(method, steps=60, interval=5, growth=None, sparsity=0.9):
     for step in range(1, steps + 1):
         _train_step(model, opt, x, labels, updater, step)
         if updater.maybe_update(step) is not None:
-            for name, (_, kept, grown) in updater.last_update.items():
-                exploration.record_update(name, kept, grown)
+            exploration.record_updates(updater.last_update)
             history.append(exploration.rs())
             assert {n: l.weight.nnz for n, l in sparse_layers(model).items()} == nnz
     return model, exploration, history
@@ -201,8 +200,7 @@ def test_stop_exploration_freezes_rs():
     for step in range(1, 101):
         _train_step(model, opt, x, labels, updater, step)
         if updater.maybe_update(step) is not None:
-            for name, (_, kept, grown) in updater.last_update.items():
-                exploration.record_update(name, kept, grown)
+            exploration.record_updates(updater.last_update)
         if step == 20:
             frozen = exploration.rs()
     assert exploration.rs() == frozen

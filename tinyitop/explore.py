@@ -60,6 +60,12 @@ class Exploration:
     def record_update(self, name, kept, grown):
         self.sets[name].record_update(kept, grown)
 
+    def record_updates(self, updates):
+        """Take in one topology update of every layer: {name: (source, kept, grown)}, as
+        TopologyUpdater.last_update holds it."""
+        for name, (_, kept, grown) in updates.items():
+            self.record_update(name, kept, grown)
+
     def total_numel(self):
         return sum(s.numel for s in self.sets.values())
 

@@ -41,8 +41,7 @@ def train_epoch(setup, batch_iter, step, epoch, updates, check_loss):
         setup.count_flops(labels.shape[0])   # before the update: a RigL step pays for its dense gradient
         rate = updater.maybe_update(step)    # every Delta T: prune the smallest |w|, grow as many (topology.py)
         if rate is not None:                 # the explored sets take in the new masks: R_s grows (explore.py)
-            for name, (_, kept, grown) in updater.last_update.items():
-                setup.exploration.record_update(name, kept, grown)
+            setup.exploration.record_updates(updater.last_update)
             last_rate = rate
             updates.append(update_row(setup, step, epoch, rate))
         setup.after_step(step, rate)         # the method's own bookkeeping: GMP's pruning, FLOP counts
@@ -173,7 +172,7 @@ def _log_start(config, data, setup, n_train, n_val, augment, log):
         log(f"warning: Delta T = {config.update_interval} iterations is more than this run's {setup.total_steps}: "
             f"no topology update will happen, so nothing is explored. Lower --update-interval, e.g. to "
             f"{hint} for {(setup.total_steps - 1) // hint} updates")
-    first, second = getattr(setup.lr_at, "milestone_epochs", (None, None))
-    if first is not None and first == second < config.total_epochs:      # a drop the run reaches
+    first, second = setup.lr_at.milestone_epochs
+    if first == second < config.total_epochs:                            # a drop the run reaches
         log(f"note: in {config.total_epochs} epoch(s) the LR's two x0.1 drops (epochs int(E/2) and int(3E/4), the "
             f"reference's schedule) fall on the same epoch: lr x0.01 from epoch {first + 1}")
