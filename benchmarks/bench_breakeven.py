@@ -25,7 +25,7 @@ from bench_options import Parser, fail, positive_int, writable_file  # noqa: E40
 from tinyitop import backend as B  # noqa: E402
 from tinyitop.sparse import random_sparse_weight  # noqa: E402
 from tinyitop.sparse_kernels import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
-                                     cache_state, sddmm, spmm)
+                                     cache_state, gather_plan, scatter_dense, sddmm, spmm, take)
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 # (label, out, in, columns per sample): the paper MLP's fc1 and fc2, and ResNet-18's 3x3 convs
@@ -52,15 +52,15 @@ def time_products(n_out, n_in, columns, density, repeats):
     x_t = B.to_device(rng.standard_normal((n_in, columns)), dtype="float32")      # (in, M) feature-major
     dy_t = B.to_device(rng.standard_normal((n_out, columns)), dtype="float32")    # (out, M)
     csr = weight.csr
-    weight.scatter_dense()                                                          # the zeroing, once
-    order, rows, cols = weight.gather_plan()
+    scatter_dense(weight)                                                           # the zeroing, once
+    order, rows, cols = gather_plan(weight)
     return {
         "fwd csr": median_ms(lambda: spmm(csr, x_t), repeats),
-        "fwd dense": median_ms(lambda: weight.scatter_dense() @ x_t, repeats),      # scatter + product
+        "fwd dense": median_ms(lambda: scatter_dense(weight) @ x_t, repeats),       # scatter + product
         "dx csr": median_ms(lambda: spmm(csr.T, dy_t), repeats),
-        "dx dense": median_ms(lambda: weight.scatter_dense().T @ dy_t, repeats),
+        "dx dense": median_ms(lambda: scatter_dense(weight).T @ dy_t, repeats),
         "dW gather": median_ms(lambda: sddmm(dy_t, x_t, rows, cols, order), repeats),
-        "dW dense+take": median_ms(lambda: weight.take(dy_t @ x_t.T), repeats),
+        "dW dense+take": median_ms(lambda: take(weight, dy_t @ x_t.T), repeats),
     }
 
 

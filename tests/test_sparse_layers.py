@@ -7,6 +7,7 @@ from tinyitop import backend as B
 from tinyitop.init import active_count, sample_positions
 from tinyitop.layers import Conv2d, Parameter
 from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, csr_from_flat
+from tinyitop import sparse_kernels as kernels
 from tinyitop.sparse_kernels import sddmm
 
 
@@ -137,16 +138,16 @@ def test_dense_path_buffer_is_reused_and_rebuilt_on_a_topology_change(monkeypatc
     layer = SparseLinear(20, 10, 0.3).astype("float64")
     x = B.to_device(np.random.default_rng(0).standard_normal((4, 20)))
     layer.forward(x)
-    buffer = layer.dense_weight
+    buffer = kernels.dense_copy(layer.weight)
     layer.weight.data[...] *= 2                       # SGD changed the values: re-scattered
     y = layer.forward(x)
-    assert layer.dense_weight is buffer
+    assert kernels.dense_copy(layer.weight) is buffer
     np.testing.assert_allclose(y, x @ layer.weight.csr.toarray().T + layer.bias.data, rtol=1e-12)
     w = layer.weight
     flat = w.flat_positions()[1:]                           # a new topology, one nonzero fewer
     w.set_topology(flat, w.data[1:].copy())
     y = layer.forward(x)
-    assert layer.dense_weight is not buffer and np.count_nonzero(layer.dense_weight) == w.nnz
+    assert kernels.dense_copy(w) is not buffer and np.count_nonzero(kernels.dense_copy(w)) == w.nnz
     np.testing.assert_allclose(y, x @ layer.weight.csr.toarray().T + layer.bias.data, rtol=1e-12)
 
 
@@ -212,7 +213,7 @@ def test_memory_is_proportional_to_nnz(host_rng):
     sparse.forward(host_rng.standard_normal((128, 3072)).astype(np.float32))
     sparse.backward(host_rng.standard_normal((128, 1024)).astype(np.float32))
     opt.step()
-    assert sparse.weight._plan is not None            # the gather path ran and cached its plan
+    assert "gather" in sparse.weight.kernel_cache     # the gather path ran and cached its plan
     held = (sparse.weight.nbytes() + sum(v.nbytes for v in opt.velocity.values())
             + exploration.sets["fc"].nbytes() + 2 * sparse.bias.data.nbytes)
     dense_twin = 3 * (3072 * 1024 + 1024) * 4
@@ -223,7 +224,7 @@ def test_sddmm_in_tiled_order_matches(host_rng):
     from tinyitop.sparse import SparseWeight
     weight = SparseLinear(2000, 50, 0.02).weight
     left, right = host_rng.standard_normal((50, 16)), host_rng.standard_normal((2000, 16))
-    order, rows, cols = weight.gather_plan()
+    order, rows, cols = kernels.gather_plan(weight)
     expected = (left @ right.T)[B.to_host(weight.rows()), B.to_host(weight.csr.indices)]
     np.testing.assert_allclose(sddmm(left, right, rows, cols, order), expected, rtol=1e-12)
     assert isinstance(weight, SparseWeight)
@@ -300,3 +301,31 @@ def test_rigl_growth_scores_a_turned_gradient_as_its_plain_twin(host_rng):
     turned = grow(layer.weight, kept, 25, "gradient", dense_grad=grad_t.T)
     plain = grow(layer.weight, kept, 25, "gradient", dense_grad=B.xp.ascontiguousarray(grad_t.T))
     np.testing.assert_array_equal(B.to_host(turned), B.to_host(plain))
+
+
+@pytest.mark.parametrize("paths", PATHS)
+def test_each_faster_kernel_equals_the_plain_expression_of_sparse_py(any_backend, monkeypatch, paths):
+    """sparse.py writes each product plainly (CSR @ X, CSR^T @ dY, one dot product per nonzero) and calls
+    a kernel of sparse_kernels.py when `faster` says so. At a size where every kernel applies (CSR split
+    over threads, gather in chunks and in its cache order), each equals the plain expression: bit for bit
+    on the CSR and gather paths, to float32 rounding on the dense ones."""
+    force_paths(monkeypatch, paths)
+    rng = np.random.default_rng(3)
+    layer = SparseLinear(700, 600, 0.1)                                       # 42,000 nonzeros
+    weight, xp = layer.weight, B.xp
+    x_t = B.to_device(rng.standard_normal((700, 128)).astype(np.float32))     # (in, M)
+    dout_t = B.to_device(rng.standard_normal((600, 128)).astype(np.float32))  # (out, M)
+    if B.name == "numpy":                 # on a GPU the CSR kernels are cuSPARSE's and a gather is one chunk
+        assert all(kernels.faster(weight, product, 128) for product in ("forward", "input grad", "weight grad"))
+    rows, cols = weight.rows(), weight.csr.indices
+    plain = {"forward": weight.csr @ x_t, "input grad": weight.csr.T @ dout_t,
+             "weight grad": xp.einsum("km,km->k", dout_t[rows], x_t[cols])}
+    fast = {"forward": kernels.forward(weight, x_t), "input grad": kernels.input_grad(weight, dout_t),
+            "weight grad": kernels.grad_at_nonzeros(weight, dout_t, x_t)}
+    exact = {"forward": paths[0] == "csr", "input grad": paths[0] == "csr", "weight grad": paths[1] == "gather"}
+    for product in plain:
+        got, expected = B.to_host(fast[product]), B.to_host(plain[product])
+        if exact[product]:
+            np.testing.assert_array_equal(got, expected, err_msg=product)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=product)

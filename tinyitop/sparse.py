@@ -7,9 +7,10 @@ dense weight and no dense mask exist. A layer does three products per step:
     input grad   dX = W^T @ dY       (in, out) @ (out, M) -> (in, M)
     weight grad  dW[r, c] = dY[r] . X[c] at the nonzeros (r, c) only -> (nnz,)
 where M is the batch (linear) or batch x output pixels (conv, on im2col's columns). The weight, its
-gradient and its optimizer state are all sized by the number of nonzeros. Which kernel computes each
-product (CSR, or BLAS on a scattered dense copy where that is faster) is tinyitop/sparse_kernels.py's
-job; the answer is the same to float rounding.
+gradient and its optimizer state are all sized by the number of nonzeros. Each product below is its
+plain expression; where a faster kernel exists for the layer's density and size (CSR split over two
+threads, BLAS on a scattered dense copy, the gather in cache-sized chunks), a one-line aside calls it
+from tinyitop/sparse_kernels.py instead: the same values, to float rounding.
 """
 import math
 
@@ -26,7 +27,8 @@ class SparseWeight(Parameter):
     def __init__(self, csr):
         self.csr = csr
         self.grad = None
-        self._rows = self._plan = self._flat = self._dense = self._indptr_host = self._transposed = None
+        self._rows = self._flat = None
+        self.kernel_cache = {}      # the faster kernels' index plans and buffer (sparse_kernels.py)
 
     @property
     def data(self):
@@ -62,75 +64,16 @@ class SparseWeight(Parameter):
     def set_topology(self, flat, values):
         """Replace the CSR by the one with nonzeros at sorted `flat` positions holding `values`."""
         self.csr = csr_from_flat(flat, values, self.csr.shape)
-        self._rows = self._plan = self._flat = self._dense = self._indptr_host = self._transposed = None
-        self.grad = None
+        self._rows = self._flat = self.grad = None
+        self.kernel_cache = {}
 
     def astype(self, dtype):
         self.set_topology(self.flat_positions(), self.csr.data.astype(dtype))
 
-    def take(self, dense):
-        """A dense (out, in) array's entries at the nonzeros, (nnz,) in CSR order.
-
-        `dense` may be the transposed view of an (in, out) array (layers.weight_gradient turns its
-        product when in > out): its own memory is then read at the transposed positions, never
-        copied whole (`reshape(-1)` of such a view would copy all out x in entries).
-        """
-        if dense.flags.c_contiguous:
-            return dense.reshape(-1)[self.flat_positions()]
-        if not dense.T.flags.c_contiguous:
-            raise ValueError("take needs a C-contiguous (out, in) array or the transpose of one")
-        order, positions_t = self.transposed_plan()
-        values = B.xp.empty(self.nnz, dtype=dense.dtype)
-        values[order] = dense.T.reshape(-1)[positions_t]      # (in, out) memory read in its own order
-        return values
-
-    def transposed_plan(self):
-        """(order, col * out + row sorted): where the nonzeros lie in the (in, out) transpose, sorted
-        so that a take from it reads memory forwards; nonzero order[j] sits at sorted position j
-        (cached until the topology changes)."""
-        if self._transposed is None:
-            xp = B.xp
-            positions_t = self.csr.indices.astype(xp.int64) * self.csr.shape[0] + self.rows()
-            order = xp.argsort(positions_t, kind="stable")
-            index = xp.int32 if self.numel < 2 ** 31 else xp.int64     # 8 bytes a nonzero, not 16
-            self._transposed = (order.astype(index), positions_t[order].astype(index))
-        return self._transposed
-
-    # ---- cached helpers of the faster paths (sparse_kernels.py) -------------------------------------
-    def fits_dense(self):
-        return kernels.fits_dense(self)
-
-    def scatter_dense(self):
-        """The weight as a dense (out, in) array for the dense-product path: one buffer per layer,
-        zeroed once per topology; each call writes the current values at the nonzeros."""
-        if self._dense is None:
-            self._dense = B.xp.zeros(self.csr.shape, dtype=self.csr.data.dtype)   # (out, in)
-        self._dense.reshape(-1)[self.flat_positions()] = self.csr.data
-        return self._dense
-
-    def gather_plan(self):
-        """(order, rows[order], cols[order]) for `sddmm`; on a CPU the nonzeros sorted by (column
-        block, row) so that the gathered rows stay in cache; on a GPU the CSR order, (None, rows, cols)."""
-        if B.name != "numpy":
-            return None, self.rows(), self.csr.indices
-        if self._plan is None:
-            xp = B.xp
-            rows, cols = self.rows(), self.csr.indices
-            order = xp.lexsort((rows, cols // kernels.COLUMN_BLOCK)).astype(xp.int32)
-            self._plan = (order, rows[order], cols[order])
-        return self._plan
-
-    def host_indptr(self):
-        """The CSR's row pointers on the host, (out + 1,): copied once per topology (a sync point)."""
-        if self._indptr_host is None:
-            self._indptr_host = B.to_host(self.csr.indptr)
-        return self._indptr_host
-
     def nbytes(self):
         """Bytes held for this weight: CSR arrays, gradient and the cached index arrays."""
         held = [self.csr.data, self.csr.indices, self.csr.indptr, self.grad, self._rows, self._flat]
-        cached = list(self._plan or ()) + list(self._transposed or ())
-        return int(sum(a.nbytes for a in held + cached if a is not None))
+        return int(sum(a.nbytes for a in held if a is not None)) + kernels.index_bytes(self)
 
 
 class _SparseMixin:
@@ -139,7 +82,6 @@ class _SparseMixin:
     keep_dense_grad = False   # set by the topology updater before a RigL update step
     dense_grad = None         # (out, in) gradient of that backward, when it fits the dense budget
     grad_operands = None      # (dout_t, inputs_t) of that backward: RigL scores growth from them
-    dense_weight = None       # (out, in) scattered weight of the last forward, on the dense path
     columns = None            # M of the last forward's operand: batch, or batch x output pixels
 
     def _init_parameters(self, n_out, fan_in, density, bias, fan_in_scaling):
@@ -158,35 +100,37 @@ class _SparseMixin:
         return kernels.choose_paths(self.weight, self.columns if columns is None else columns)
 
     def _product(self, x_t):
-        """Y = W @ x_t: (out, in) @ (in, M) -> (out, M)."""
-        self.columns, self.dense_weight = x_t.shape[1], None
-        if self.paths()[0] == "csr":
-            return kernels.spmm(self.weight.csr, x_t)                  # CSR @ dense
-        self.dense_weight = self.weight.scatter_dense()          # faster here: BLAS on a dense copy
-        return self.dense_weight @ x_t
+        """Y = W @ X: (out, in) @ (in, M) -> (out, M)."""
+        self.columns = x_t.shape[1]
+        if kernels.faster(self.weight, "forward", self.columns):   # aside: the same product, faster
+            return kernels.forward(self.weight, x_t)
+        return self.weight.csr @ x_t                               # CSR @ dense
 
     def _product_t(self, dout_t, out=None):
-        """dX = W^T @ dout_t: (in, out) @ (out, M) -> (in, M), on the path the forward took (the dense
-        path writes into `out` if given)."""
-        if self.dense_weight is None:
-            return kernels.spmm(self.weight.csr.T, dout_t)
-        return B.xp.matmul(self.dense_weight.T, dout_t, out=out)
+        """dX = W^T @ dY: (in, out) @ (out, M) -> (in, M) (a faster kernel may write into `out`)."""
+        if kernels.faster(self.weight, "input grad", self.columns):   # aside: the same product, faster
+            return kernels.input_grad(self.weight, dout_t, out)
+        return self.weight.csr.T @ dout_t                             # CSR^T @ dense
 
     def _weight_grad(self, dout_t, inputs_t):
-        """dW at the nonzeros only: dout_t (out, M), inputs_t (in, M) -> (nnz,) in CSR order."""
+        """dW at the nonzeros only: dW[r, c] = dY[r] . X[c] for each nonzero (r, c), from dout_t
+        (out, M) and inputs_t (in, M) -> (nnz,) in CSR order. Never the dense (out, in) gradient."""
         self.dense_grad = self.grad_operands = None
         if self.keep_dense_grad:
             return self._keep_for_rigl(dout_t, inputs_t)
-        return kernels.grad_at_nonzeros(self.weight, self.paths()[1], dout_t, inputs_t)
+        if kernels.faster(self.weight, "weight grad", self.columns):   # aside: the same values, faster
+            return kernels.grad_at_nonzeros(self.weight, dout_t, inputs_t)
+        rows, cols = self.weight.rows(), self.weight.csr.indices        # (nnz,) each
+        return B.xp.einsum("km,km->k", dout_t[rows], inputs_t[cols])    # (nnz, M) . (nnz, M) -> (nnz,)
 
     def _keep_for_rigl(self, dout_t, inputs_t):
         """A RigL update step: growth needs |dL/dW| at *every* position, so keep the operands (RigL
         scores them by blocks, never the whole (out, in)) and, when it fits, the dense gradient."""
         self.grad_operands = (dout_t, inputs_t)
-        if not self.weight.fits_dense():
-            return kernels.grad_at_nonzeros(self.weight, self.paths()[1], dout_t, inputs_t)
+        if not kernels.fits_dense(self.weight):
+            return kernels.grad_at_nonzeros(self.weight, dout_t, inputs_t)
         self.dense_grad = weight_gradient(dout_t, inputs_t)             # (out, in)
-        return self.weight.take(self.dense_grad)
+        return kernels.take(self.weight, self.dense_grad)
 
 
 class SparseLinear(_SparseMixin, Module):

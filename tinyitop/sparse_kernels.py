@@ -1,8 +1,11 @@
-"""Which kernel computes each product of a sparse layer (tinyitop/sparse.py), and the kernels.
+"""Faster kernels for the three products of a sparse layer, and which one to use.
 
-A sparse layer does three products per step: forward W @ X, dx W^T @ dY, and the weight gradient
-at the nonzeros. Truly sparse kernels win only below a density that depends on the device, so each
-product has two paths:
+tinyitop/sparse.py writes each product as its plain expression: W @ X and W^T @ dY on the CSR, and
+the weight gradient at the nonzeros as one dot product per nonzero. This module is the aside: when
+`faster(weight, product, columns)` says so, the layer calls the kernel here instead, which computes
+the same values (bit for bit on the CSR and gather paths, to float rounding on the dense ones; tests
+check each path against the plain expression). Truly sparse kernels win only below a density that
+depends on the device, so each product has two paths:
   product  "csr":   the CSR kernel (scipy.sparse / cuSPARSE);
            "dense": the CSR's values scattered into a reused dense (out, in) buffer, then BLAS/cuBLAS;
   gradient "gather":     dY[row] . X[col] at each nonzero only (a sampled product, SDDMM: `sddmm`);
@@ -63,15 +66,127 @@ def choose_paths(weight, columns):
     return product, "dense+take" if fits else "blocked dense+take"
 
 
-def grad_at_nonzeros(weight, path, dout_t, inputs_t):
-    """(dout_t @ inputs_t.T) at the nonzeros of `weight`, by `path`: dout_t (out, M), inputs_t (in, M)
-    -> (nnz,) in CSR order."""
+def faster(weight, product, columns):
+    """Whether a kernel here beats sparse.py's plain expression of `product` ("forward", "input grad"
+    or "weight grad") for operands of `columns` columns (M). The plain expression is left to the
+    cases where it is that kernel already: a CSR product too small to split over threads, a gather
+    whose (nnz, M) operands fit one chunk."""
+    product_path, grad_path = choose_paths(weight, columns)
+    if product == "weight grad":
+        return grad_path != "gather" or weight.nnz * columns * weight.dtype.itemsize > _chunk_bytes()
+    return product_path == "dense" or _splits(weight.nnz, columns)
+
+
+def forward(weight, x_t):
+    """W @ x_t (in, M) -> (out, M) by the faster path: BLAS on a dense copy, or CSR on two threads."""
+    if choose_paths(weight, x_t.shape[1])[0] == "dense":
+        return scatter_dense(weight) @ x_t
+    return spmm(weight.csr, x_t)
+
+
+def input_grad(weight, dout_t, out=None):
+    """W^T @ dout_t (out, M) -> (in, M) on the path the forward took (the dense path reads the copy
+    that forward scattered, and writes into `out` if given)."""
+    if choose_paths(weight, dout_t.shape[1])[0] == "dense":
+        return B.xp.matmul(weight.kernel_cache["dense"].T, dout_t, out=out)
+    return spmm(weight.csr.T, dout_t)
+
+
+def grad_at_nonzeros(weight, dout_t, inputs_t):
+    """(dout_t @ inputs_t.T) at the nonzeros of `weight` by the faster path: dout_t (out, M),
+    inputs_t (in, M) -> (nnz,) in CSR order."""
+    path = choose_paths(weight, dout_t.shape[1])[1]
     if path == "gather":
-        order, rows, cols = weight.gather_plan()
+        order, rows, cols = gather_plan(weight)
         return sddmm(dout_t, inputs_t, rows, cols, order)
     if path == "blocked dense+take":
         return blocked_dense_take(weight, dout_t, inputs_t, DENSE_BUFFER_MAX_BYTES)
-    return weight.take(weight_gradient(dout_t, inputs_t))           # (out, M) @ (M, in) -> (out, in)
+    return take(weight, weight_gradient(dout_t, inputs_t))          # (out, M) @ (M, in) -> (out, in)
+
+
+def _chunk_bytes():
+    return CPU_CHUNK_BYTES if B.name == "numpy" else GPU_CHUNK_BYTES
+
+
+def _splits(nnz, columns):
+    """Whether spmm splits a CSR product over two threads (NumPy only: pool() is None on CuPy)."""
+    return columns >= 64 and nnz >= 40_000 and pool() is not None
+
+
+# ---- per-topology caches of the kernels: index plans and the dense buffer --------------------------
+# They live in weight.kernel_cache, which SparseWeight empties when its topology changes.
+def _cached(weight, key, build):
+    if key not in weight.kernel_cache:
+        weight.kernel_cache[key] = build()
+    return weight.kernel_cache[key]
+
+
+def scatter_dense(weight):
+    """The weight as a dense (out, in) array for the dense-product path: one buffer per layer, zeroed
+    once per topology; each call writes the current values at the nonzeros."""
+    dense = _cached(weight, "dense", lambda: B.xp.zeros(weight.shape, dtype=weight.dtype))   # (out, in)
+    dense.reshape(-1)[weight.flat_positions()] = weight.csr.data
+    return dense
+
+
+def dense_copy(weight):
+    """The dense buffer the last dense-path forward scattered, or None."""
+    return weight.kernel_cache.get("dense")
+
+
+def take(weight, dense):
+    """A dense (out, in) array's entries at the nonzeros, (nnz,) in CSR order.
+
+    `dense` may be the transposed view of an (in, out) array (layers.weight_gradient turns its
+    product when in > out): its own memory is then read at the transposed positions, never copied
+    whole (`reshape(-1)` of such a view would copy all out x in entries).
+    """
+    if dense.flags.c_contiguous:
+        return dense.reshape(-1)[weight.flat_positions()]
+    if not dense.T.flags.c_contiguous:
+        raise ValueError("take needs a C-contiguous (out, in) array or the transpose of one")
+    order, positions_t = transposed_plan(weight)
+    values = B.xp.empty(weight.nnz, dtype=dense.dtype)
+    values[order] = dense.T.reshape(-1)[positions_t]      # (in, out) memory read in its own order
+    return values
+
+
+def transposed_plan(weight):
+    """(order, col * out + row sorted): where the nonzeros lie in the (in, out) transpose, sorted so
+    that a take from it reads memory forwards; nonzero order[j] sits at sorted position j."""
+    def build():
+        xp = B.xp
+        positions_t = weight.csr.indices.astype(xp.int64) * weight.shape[0] + weight.rows()
+        order = xp.argsort(positions_t, kind="stable")
+        index = xp.int32 if weight.numel < 2 ** 31 else xp.int64     # 8 bytes a nonzero, not 16
+        return order.astype(index), positions_t[order].astype(index)
+    return _cached(weight, "transposed", build)
+
+
+def gather_plan(weight):
+    """(order, rows[order], cols[order]) for `sddmm`; on a CPU the nonzeros sorted by (column block,
+    row) so that the gathered rows stay in cache; on a GPU the CSR order, (None, rows, cols)."""
+    if B.name != "numpy":
+        return None, weight.rows(), weight.csr.indices
+
+    def build():
+        xp = B.xp
+        rows, cols = weight.rows(), weight.csr.indices
+        order = xp.lexsort((rows, cols // COLUMN_BLOCK)).astype(xp.int32)
+        return order, rows[order], cols[order]
+    return _cached(weight, "gather", build)
+
+
+def host_indptr(weight):
+    """The CSR's row pointers on the host, (out + 1,): copied once per topology (a sync point)."""
+    return _cached(weight, "indptr on host", lambda: B.to_host(weight.csr.indptr))
+
+
+def index_bytes(weight):
+    """Bytes of the index plans cached for this weight (the dense buffer is a reused work array,
+    counted with the dense path's operands, not with what the weight holds)."""
+    plans = [weight.kernel_cache.get("gather", ()), weight.kernel_cache.get("transposed", ())]
+    return int(sum(a.nbytes for plan in plans for a in plan if a is not None))
 
 
 # ---- the kernels ---------------------------------------------------------------------------------
@@ -98,7 +213,7 @@ def spmm(matrix, dense):
     """CSR (or its transpose) @ dense (K, M) -> (rows, M). On NumPy, columns split over two threads."""
     xp = B.xp
     m = dense.shape[1]
-    if m < 64 or matrix.nnz < 40_000 or pool() is None:              # pool(): None on CuPy too
+    if not _splits(matrix.nnz, m):
         return xp.asarray(matrix @ dense)
     half = m // 2
     parts = parallel([lambda: matrix @ xp.ascontiguousarray(dense[:, :half]),
@@ -111,13 +226,13 @@ def sddmm(left, right, rows, cols, order=None):
 
     Each nonzero is the dot product of one row of `left` with one row of `right`: both operands are
     feature-major, so every gathered row is contiguous. If `order` is given, rows/cols are already
-    permuted by it (SparseWeight.gather_plan) and the result is scattered back to CSR order.
+    permuted by it (gather_plan) and the result is scattered back to CSR order.
     """
     xp = B.xp
     nnz = rows.size
     result = xp.empty(nnz, dtype=left.dtype)
     row_bytes = left.shape[1] * left.dtype.itemsize                     # one gathered row: M values
-    chunk = max(16, (CPU_CHUNK_BYTES if B.name == "numpy" else GPU_CHUNK_BYTES) // row_bytes)
+    chunk = max(16, _chunk_bytes() // row_bytes)
 
     def run(start, stop):
         for s in range(start, stop, chunk):
@@ -141,7 +256,7 @@ def blocked_dense_take(weight, dout_t, inputs_t, max_bytes):
     """
     n_out, n_in = weight.shape
     rows_per_block = max(1, max_bytes // (n_in * dout_t.dtype.itemsize))
-    indptr = weight.host_indptr()
+    indptr = host_indptr(weight)
     flat = weight.flat_positions()
     grad = B.xp.empty(weight.nnz, dtype=dout_t.dtype)
     for r0 in range(0, n_out, rows_per_block):
