@@ -261,48 +261,55 @@ class _BatchNorm(Module):
         """(C,) -> broadcastable against the input: (1, C) or (1, C, 1, 1)."""
         return vector.reshape((1, -1) + (1,) * (self.ndim - 2))
 
+    def _stat(self, x):
+        """An empty per-channel statistic, (1, C) or (1, C, 1, 1)."""
+        return self._shape(B.xp.empty(self.num_features, dtype=x.dtype))
+
     def forward(self, x):
+        """y = gamma (x - mean) / sqrt(var + eps) + beta per channel, with the batch's mean and (biased)
+        variance in training, the running ones in evaluation; x_hat and 1/std kept for backward."""
+        self._check(x)
+        xp, axes, eps, training = B.xp, self.axes, self.eps, self.training
+
+        def normalise(x, mean, var, gamma, beta, x_hat, inv_std, y):        # channels c of each
+            if training:
+                xp.mean(x, axis=axes, keepdims=True, out=mean)              # (1, c, 1, 1) for images
+                xp.subtract(x, mean, out=x_hat)                             # centred, scaled in place below
+                xp.mean(x_hat * x_hat, axis=axes, keepdims=True, out=var)   # biased, used to normalise
+            else:
+                xp.subtract(x, mean, out=x_hat)
+            xp.divide(1, xp.sqrt(var + eps), out=inv_std)
+            x_hat *= inv_std                                                # (x - mean) / std
+            xp.multiply(gamma, x_hat, out=y)
+            y += beta                                                       # gamma x_hat + beta
+        if fused.gpu():
+            return self._forward_gpu(x)                     # GPU aside: the same in three kernels (fused.py)
+        mean, var = self._statistics(x)
+        self.x_hat, self.inv_std, y = fused.like(x), self._stat(x), fused.like(x)   # laid out like x
+        threads.per_channel(normalise, x, mean, var, self._shape(self.weight.data), self._shape(self.bias.data),
+                            self.x_hat, self.inv_std, y, touched=2 * x.nbytes)       # CPU aside: channels on 2 cores
+        if training:
+            self._update_running(mean.reshape(-1), var.reshape(-1), x.size // self.num_features)
+        return y
+
+    def _check(self, x):
         check_input(self, x, self.ndim, self.num_features)
         if self.training and x.size // self.num_features < 2:
             raise ValueError(f"{type(self).__name__} in train mode needs more than one value per channel")
-        if fused.gpu():
-            return self._forward_gpu(x)
-        xp, channels = B.xp, self.num_features
-        y, self.x_hat = fused.like(x), fused.like(x)                       # laid out like x
-        self.inv_std = self._shape(xp.empty(channels, dtype=x.dtype))     # (1, C, 1, 1) for images
-        mean, var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
-        # Channels are independent: on a CPU, blocks of them run on separate threads (threads.py).
-        threads.over_channels(lambda c: self._normalise(x, c, y, mean, var), channels, 2 * x.nbytes)
-        if self.training:
-            count = x.size // channels
-            self._update_running(mean, var, count / (count - 1))
-        return y
 
-    def _normalise(self, x, c, y, batch_mean, batch_var):
-        """Channels c: y = gamma (x - mean) / sqrt(var + eps) + beta, keeping x_hat and 1/std."""
-        xp, axes, x = B.xp, self.axes, x[:, c]
-        x_hat, inv_std = self.x_hat[:, c], self.inv_std[:, c]
+    def _statistics(self, x):
+        """(mean, var) shaped (1, C[, 1, 1]): empty ones for the batch's in training, else the running ones."""
         if self.training:
-            mean = x.mean(axis=axes, keepdims=True)                        # (1, c, 1, 1) for images
-            xp.subtract(x, mean, out=x_hat)                                # centred, in place below
-            var = (x_hat * x_hat).mean(axis=axes, keepdims=True)           # biased, used to normalise
-            batch_mean[c], batch_var[c] = mean.reshape(-1), var.reshape(-1)
-        else:
-            mean, var = self._shape(self.running_mean[c]), self._shape(self.running_var[c])
-            xp.subtract(x, mean, out=x_hat)
-        inv_std[...] = 1 / xp.sqrt(var + self.eps)
-        x_hat *= inv_std                                                   # (x - mean) / std
-        xp.multiply(self._shape(self.weight.data[c]), x_hat, out=y[:, c])  # gamma x_hat
-        y[:, c] += self._shape(self.bias.data[c])                          # + beta
+            return self._stat(x), self._stat(x)
+        return self._shape(self.running_mean), self._shape(self.running_var)
 
     def _forward_gpu(self, x):
-        """GPU aside: _normalise on all channels in three kernels (fused.py); statistics as NumPy's."""
+        """GPU aside: normalise on all channels in three kernels (fused.py); statistics as NumPy's."""
         if self.training:
             mean = x.mean(axis=self.axes, keepdims=True)
             centred = x - mean
             var = (centred * centred).mean(axis=self.axes, keepdims=True)
-            count = x.size // self.num_features
-            self._update_running(mean.reshape(-1), var.reshape(-1), count / (count - 1))
+            self._update_running(mean.reshape(-1), var.reshape(-1), x.size // self.num_features)
         else:
             mean, var = self._shape(self.running_mean), self._shape(self.running_var)
         self.inv_std = fused.inverse_std(var, self.eps)
@@ -310,43 +317,42 @@ class _BatchNorm(Module):
                                            self._shape(self.bias.data))
         return y
 
-    def _update_running(self, mean, var, unbias):
-        """running = (1 - momentum) running + momentum value; the variance unbiased (PyTorch's)."""
-        if not fused.gpu():
-            for running, value, factor in ((self.running_mean, mean, 1.0), (self.running_var, var, unbias)):
-                running *= 1 - self.momentum
-                running += self.momentum * value * factor
-            return
-        fused.running_update(self.running_mean, mean, self.momentum)           # GPU aside: one kernel each
-        fused.running_update(self.running_var, var, self.momentum, unbias)
+    def _update_running(self, mean, var, count):
+        """running = (1 - momentum) running + momentum value over `count` values per channel; the
+        variance unbiased (x count / (count - 1), PyTorch's)."""
+        unbias = count / (count - 1)
+        for running, value, factor in ((self.running_mean, mean, 1.0), (self.running_var, var, unbias)):
+            if fused.gpu():
+                fused.running_update(running, value, self.momentum, factor)   # GPU aside: the two lines below
+                continue
+            running *= 1 - self.momentum
+            running += self.momentum * value * factor
 
     def backward(self, dout):
-        xp, channels = B.xp, self.num_features
+        """dbeta = sum(dout), dgamma = sum(dout x_hat) per channel; dx = gamma/std (dout - mean(dout)
+        - x_hat mean(dout x_hat)) in training (mean and variance depend on x too: the two mean terms
+        are their gradients), dx = gamma/std dout in evaluation (the statistics are constants)."""
+        xp, axes, training = B.xp, self.axes, self.training
+
+        def input_grad(dout, x_hat, gamma, inv_std, dbeta, dgamma, dx):      # channels c of each
+            xp.sum(dout, axis=axes, keepdims=True, out=dbeta)                # (1, c, 1, 1) for images
+            xp.sum(dout * x_hat, axis=axes, keepdims=True, out=dgamma)
+            scale = gamma * inv_std                                          # gamma / std
+            if not training:
+                xp.multiply(dout, scale, out=dx)
+                return
+            count = dout.size // dout.shape[1]
+            xp.multiply(scale, dout - dbeta / count - x_hat * (dgamma / count), out=dx)
         if fused.gpu():
-            return self._backward_gpu(dout)
-        self.bias.grad = xp.empty(channels, dtype=dout.dtype)
-        self.weight.grad = xp.empty(channels, dtype=dout.dtype)
-        dx = fused.like(dout)
-        threads.over_channels(lambda c: self._input_grad(dout, c, dx), channels, 3 * dout.nbytes)
+            return self._backward_gpu(dout)                     # GPU aside: dx in one kernel (fused.py)
+        dbeta, dgamma, dx = self._stat(dout), self._stat(dout), fused.like(dout)
+        threads.per_channel(input_grad, dout, self.x_hat, self._shape(self.weight.data), self.inv_std,
+                            dbeta, dgamma, dx, touched=3 * dout.nbytes)            # CPU aside: channels on 2 cores
+        self.bias.grad, self.weight.grad = dbeta.reshape(-1), dgamma.reshape(-1)  # (C,)
         return dx
 
-    def _input_grad(self, dout, c, dx):
-        """Channels c: gamma and beta gradients, and dx into dx[:, c]."""
-        xp, axes, dout, x_hat = B.xp, self.axes, dout[:, c], self.x_hat[:, c]
-        dbeta_sum = dout.sum(axis=axes, keepdims=True)                     # (1, c, 1, 1)
-        dgamma_sum = (dout * x_hat).sum(axis=axes, keepdims=True)
-        self.bias.grad[c], self.weight.grad[c] = dbeta_sum.reshape(-1), dgamma_sum.reshape(-1)
-        scale = self._shape(self.weight.data[c]) * self.inv_std[:, c]     # gamma / std
-        if not self.training:                                              # statistics are constants
-            xp.multiply(dout, scale, out=dx[:, c])
-            return
-        # Mean and variance depend on x too: the two mean terms are their gradients,
-        # dx = gamma/std (dout - mean(dout) - x_hat mean(dout x_hat)), the means being the two sums / count.
-        count = dout.size // dout.shape[1]
-        xp.multiply(scale, dout - dbeta_sum / count - x_hat * (dgamma_sum / count), out=dx[:, c])
-
     def _backward_gpu(self, dout):
-        """GPU aside: _input_grad on all channels, dx in one kernel (fused.py)."""
+        """GPU aside: input_grad on all channels, dx in one kernel (fused.py)."""
         axes, gamma = self.axes, self._shape(self.weight.data)
         self.bias.grad = dout.sum(axis=axes)
         self.weight.grad = (dout * self.x_hat).sum(axis=axes)
@@ -368,39 +374,39 @@ class BatchNorm2d(_BatchNorm):
 
 
 class ReLU(Module):
-    """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask).
-    On a CPU, blocks of channels run on separate threads (threads.py); the math is the same."""
+    """y = max(x, 0); backward passes dout where y > 0 (the output is kept, not a mask)."""
 
     def forward(self, x):
+        def relu(x, y):                                    # channels c of each
+            B.xp.maximum(x, 0, out=y)
         self.y = fused.like(x)                             # laid out like x (fused.like says why)
-        threads.over_channels(lambda c: B.xp.maximum(x[:, c], 0, out=self.y[:, c]), x.shape[1], 2 * x.nbytes)
+        threads.per_channel(relu, x, self.y, touched=2 * x.nbytes)          # CPU aside: channels on 2 cores
         return self.y
 
     def forward_add(self, a, b):
         """relu(a + b), the end of a residual block."""
-        if fused.gpu():                                    # GPU aside: the two lines below as one kernel
-            self.y = fused.add_relu(a, b)
+        def add_relu(a, b, y):                             # channels c of each
+            B.xp.add(a, b, out=y)
+            B.xp.maximum(y, 0, out=y)
+        if fused.gpu():
+            self.y = fused.add_relu(a, b)                  # GPU aside: add_relu as one kernel
             return self.y
         self.y = fused.like(a)
-
-        def block(c):
-            B.xp.add(a[:, c], b[:, c], out=self.y[:, c])
-            B.xp.maximum(self.y[:, c], 0, out=self.y[:, c])
-        threads.over_channels(block, a.shape[1], 3 * a.nbytes)
+        threads.per_channel(add_relu, a, b, self.y, touched=3 * a.nbytes)   # CPU aside: channels on 2 cores
         return self.y
 
     def backward(self, dout):
+        def relu_grad(dout, y, dx):                        # channels c of each
+            B.xp.multiply(dout, y > 0, out=dx)             # dout where y > 0
         if fused.gpu():
-            return fused.relu_backward(dout, self.y)       # GPU aside: the line below as one kernel
+            return fused.relu_backward(dout, self.y)       # GPU aside: relu_grad as one kernel
         dx = fused.like(dout)
-        threads.over_channels(lambda c: B.xp.multiply(dout[:, c], self.y[:, c] > 0, out=dx[:, c]),  # dout where y > 0
-                              dout.shape[1], 3 * dout.nbytes)
+        threads.per_channel(relu_grad, dout, self.y, dx, touched=3 * dout.nbytes)   # CPU aside: 2 cores
         return dx
 
 
 class _Pool2d(Module):
-    """Non-overlapping pooling (stride == kernel), PyTorch floor mode: extra rows/cols dropped.
-    Channels are independent: on a CPU, blocks of them run on separate threads (threads.py)."""
+    """Non-overlapping pooling (stride == kernel), PyTorch floor mode: extra rows/cols dropped."""
 
     def __init__(self, kernel_size, stride=None):
         if stride is not None and stride != kernel_size:
@@ -448,33 +454,33 @@ class MaxPool2d(_Pool2d):
         return [x[:, :, i:out_h * k:k, j:out_w * k:k] for i in range(k) for j in range(k)]
 
     def forward(self, x):
-        self.x, self.y = x, self._check(x)             # x is kept by the ReLU before it anyway
-        if fused.gpu():
-            return self._forward_gpu(x)
-
-        def block(c):                                  # max over each window = max over the k*k views
-            views, y = self._views(x[:, c]), self.y[:, c]
+        """y = the maximum of each k x k window: the running maximum of its k*k strided views."""
+        def max_pool(x, y):                                # channels c of each
+            views = self._views(x)
             y[...] = views[0]
             for view in views[1:]:
                 B.xp.maximum(y, view, out=y)
-        threads.over_channels(block, x.shape[1], 2 * x.nbytes)
+        self.x, self.y = x, self._check(x)                 # x is kept by the ReLU before it anyway
+        if fused.gpu():
+            return self._forward_gpu(x)                    # GPU aside: one argmax over the windows
+        threads.per_channel(max_pool, x, self.y, touched=2 * x.nbytes)      # CPU aside: channels on 2 cores
         return self.y
 
     def backward(self, dout):
-        dx, (h, w) = self._dx(dout.dtype), self.x_shape[2:]
-        if fused.gpu():
-            return self._backward_gpu(dout, dx)
-        if h % self.kernel_size or w % self.kernel_size:
-            dx[...] = 0                                # rows/cols that floor mode dropped get no gradient
-
-        def block(c):
-            # The gradient goes to the one maximum of each window: the first view that equals it.
-            y, taken = self.y[:, c], B.xp.zeros(self.y[:, c].shape, dtype=bool)
-            for view, dx_view in zip(self._views(self.x[:, c]), self._views(dx[:, c])):
+        """Each window's gradient goes to its maximum, the first view that equals it (as PyTorch);
+        rows and columns that floor mode dropped get none."""
+        def max_pool_grad(dout, x, y, dx):                 # channels c of each
+            taken = B.xp.zeros(y.shape, dtype=bool)
+            for view, dx_view in zip(self._views(x), self._views(dx)):
                 hit = (view == y) & ~taken
                 taken |= hit
-                B.xp.multiply(dout[:, c], hit, out=dx_view)
-        threads.over_channels(block, dout.shape[1], 8 * dout.nbytes)
+                B.xp.multiply(dout, hit, out=dx_view)
+        dx, (h, w) = self._dx(dout.dtype), self.x_shape[2:]
+        if fused.gpu():
+            return self._backward_gpu(dout, dx)            # GPU aside: from the forward's argmax
+        if h % self.kernel_size or w % self.kernel_size:
+            dx[...] = 0
+        threads.per_channel(max_pool_grad, dout, self.x, self.y, dx, touched=8 * dout.nbytes)  # CPU aside
         return dx
 
     def _forward_gpu(self, x):
@@ -493,18 +499,21 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
+        """y = the mean of each k x k window."""
+        def avg_pool(x, y):                                # channels c of each
+            self._windows(x).mean(axis=-1, out=y)          # (N, c, OH, OW, k*k) -> (N, c, OH, OW)
         out = self._check(x)
-        threads.over_channels(lambda c: self._windows(x[:, c]).mean(axis=-1, out=out[:, c]),   # (N, c, OH, OW)
-                              x.shape[1], 2 * x.nbytes)
+        threads.per_channel(avg_pool, x, out, touched=2 * x.nbytes)         # CPU aside: channels on 2 cores
         return out
 
     def backward(self, dout):
-        k2, dx = self.kernel_size ** 2, self._dx(dout.dtype)
+        """Each window's k*k inputs get dout / k^2."""
+        k2 = self.kernel_size ** 2
 
-        def block(c):
-            dwin = B.xp.broadcast_to(dout[:, c, ..., None] / k2, dout[:, c].shape + (k2,))
-            self._unwindows(dwin, dx[:, c])
-        threads.over_channels(block, dout.shape[1], 8 * dout.nbytes)
+        def avg_pool_grad(dout, dx):                       # channels c of each
+            self._unwindows(B.xp.broadcast_to(dout[..., None] / k2, dout.shape + (k2,)), dx)
+        dx = self._dx(dout.dtype)
+        threads.per_channel(avg_pool_grad, dout, dx, touched=8 * dout.nbytes)  # CPU aside: channels on 2 cores
         return dx
 
 

@@ -3,7 +3,7 @@
 BLAS uses every core for the matrix products, but the passes between them (im2col/col2im,
 BatchNorm, ReLU, pooling) are NumPy loops on one core, and on a narrow conv net they take most of a
 step (docs/SPEED.md). Activations are channel-major buffers (C, N, H, W) seen as NCHW, and each of
-those passes treats channels independently, so `over_channels` runs the same plain expression on
+those passes treats channels independently, so `per_channel` runs the same plain expression on
 contiguous blocks of channels, one per thread. Every channel is computed by the same code in the
 same order as in one block: results are bit-identical whatever the thread count (tested).
 On a GPU, and for arrays too small to repay a thread hand-off, the block is the whole array.
@@ -62,6 +62,14 @@ def blas_note():
         return None
     return ("note: NumPy was imported before tinyitop, so OpenBLAS's idle threads spin and hold the core that "
             "tinyitop's threads want (conv steps ~1.3x slower); import tinyitop first or export OPENBLAS_THREAD_TIMEOUT=4")
+
+
+def per_channel(math, *arrays, touched):
+    """Run math(*[a[:, c] for a in arrays]) for blocks of channels c (axis 1 of every array) covering
+    them all, on two threads when the pass touches at least SPLIT_MIN_BYTES (`touched`, in bytes).
+    `math` is a layer's plain expression writing its results into some of the arrays; with one block
+    it runs on the whole arrays, as written."""
+    over_channels(lambda c: math(*[a[:, c] for a in arrays]), arrays[0].shape[1], touched)
 
 
 def over_channels(block, channels, nbytes):
