@@ -83,14 +83,52 @@ def train(config, log=print, on_epoch_end=None):
 
 def _train(config, folder, resuming, log, on_epoch_end):
     """Data, method set-up and resume, then the epochs: train_epoch, evaluation, logs, checkpoint."""
+    run = _start(config, folder, resuming, log)
+    try:
+        for epoch in range(run.state["epoch"], config.total_epochs):
+            run.setup.optimizer.lr = run.setup.lr_at(epoch)
+            started = time.perf_counter()
+            batch_iter = progress(batches(*run.train, config.batch_size, run.data.mean, run.data.std, run.data_rng,
+                                          run.augment, config.pad_mode),
+                                  run.setup.steps_per_epoch, config.progress, f"epoch {epoch + 1}")
+            step, loss_sum, correct, last_rate = train_epoch(
+                run.setup, batch_iter, run.state["step"], epoch, run.updates,
+                lambda loss: check_finite(loss, epoch, run.state, folder))
+            _end_epoch(config, folder, run, epoch, step, (loss_sum, correct, last_rate), started, log)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(folder.checkpoint, run.state["epoch"]) from None
+    folder.claim("summary.json")
+    summary = summarise(config, run.state, run.metrics, run.state["step"], log)
+    return Run(summary, run.setup.model, run.setup.exploration, run.data)
+
+
+@dataclasses.dataclass
+class _Session:
+    """What the epochs of one run share: data, the method's set-up, logs, and the saved state."""
+    data: object
+    train: tuple            # (images, labels) trained on
+    val: tuple              # (images, labels) held out, maybe empty
+    data_hash: str
+    setup: object
+    augment: bool
+    data_rng: object
+    metrics: JsonLines
+    updates: JsonLines
+    state: dict             # epoch, step, best validation, FLOPs: what the last checkpoint holds
+
+
+def _start(config, folder, resuming, log):
+    """Load and split the data, set up the method, and restore the checkpoint when resuming."""
     B.seed(config.seed)
     data = load(config.dataset, config.data_dir)
-    (train_x, train_y), (val_x, val_y) = _split(config, data)
+    train_set, val_set = _split(config, data)
     check_memory(config, data)
     data_hash = fingerprint(data)
     if resuming:
-        resume.check_resumable(folder, config, data_hash, config.steps_per_epoch(len(train_x)))
-    setup = set_up(config, data, train_x, train_y, log)
+        resume.check_resumable(folder, config, data_hash, config.steps_per_epoch(len(train_set[0])))
+    setup = set_up(config, data, *train_set, log)
     if config.method == "dense" and not resuming:
         folder.claim("init.npz")
         checkpoint.save_parameters(folder.path("init.npz"), setup.model)   # for LTH's rewind
@@ -102,42 +140,32 @@ def _train(config, folder, resuming, log, on_epoch_end):
              "train_flops": 0.0, "dense_train_flops": 0.0}
     if resuming:
         state = resume.restore(folder, setup, data_rng, metrics, updates, log)
-    _log_start(config, data, setup, len(train_x), len(val_x), augment, log)
-    step = state["step"]
-    try:
-        for epoch in range(state["epoch"], config.total_epochs):
-            setup.optimizer.lr = setup.lr_at(epoch)
-            started = time.perf_counter()
-            batch_iter = progress(batches(train_x, train_y, config.batch_size, data.mean, data.std, data_rng,
-                                          augment, config.pad_mode),
-                                  setup.steps_per_epoch, config.progress, f"epoch {epoch + 1}")
-            step, loss_sum, correct, last_rate = train_epoch(
-                setup, batch_iter, step, epoch, updates, lambda loss: check_finite(loss, epoch, state, folder))
-            train_seconds = time.perf_counter() - started               # the epoch without its evaluation
-            train_loss, train_acc = B.scalar(loss_sum) / len(train_x), B.scalar(correct) / len(train_x)  # sync
-            check_finite(train_loss, epoch, state, folder)
-            val = evaluate(setup.model, val_x, val_y, data, config.batch_size, config.progress, "validation")
-            test = evaluate(setup.model, data.test_x, data.test_y, data, config.batch_size, config.progress, "test")
-            for what, (loss, _) in (("validation loss", val), ("test loss", test)):     # an overflow in eval
-                check_finite(loss, epoch, state, folder, what)                    # mode is no accuracy
-            final_sparsity = setup.pruner is None or step >= setup.pruner.end_step    # GMP: pruning is over
-            if val[1] is not None and val[1] > state["best_val_acc"] and final_sparsity:
-                state.update(best_val_acc=val[1], best_epoch=epoch + 1, best_test_acc=test[1])
-            row = epoch_row(config, setup, epoch, step, last_rate, (train_loss, train_acc), val, test,
-                            train_seconds, time.perf_counter() - started, len(train_x))
-            metrics.append(row)
-            log(format_epoch(row))
-            done = {**state, "epoch": epoch + 1, "step": step, "train_flops": setup.flops.train_flops,
-                    "dense_train_flops": setup.flops.dense_train_flops}
-            resume.save(folder, config, setup, done, data_hash, data_rng)
-            state = done                                # only once the checkpoint holds it
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(folder.checkpoint, state["epoch"]) from None
-    folder.claim("summary.json")
-    summary = summarise(config, state, metrics, step, log)
-    return Run(summary, setup.model, setup.exploration, data)
+    _log_start(config, data, setup, len(train_set[0]), len(val_set[0]), augment, log)
+    return _Session(data, train_set, val_set, data_hash, setup, augment, data_rng, metrics, updates, state)
+
+
+def _end_epoch(config, folder, run, epoch, step, sums, started, log):
+    """Evaluate, log the epoch's row, and checkpoint: run.state moves on only once the checkpoint holds it."""
+    setup, n_train, (loss_sum, correct, last_rate) = run.setup, len(run.train[0]), sums
+    train_seconds = time.perf_counter() - started               # the epoch without its evaluation
+    train_loss, train_acc = B.scalar(loss_sum) / n_train, B.scalar(correct) / n_train  # sync
+    check_finite(train_loss, epoch, run.state, folder)
+    val = evaluate(setup.model, *run.val, run.data, config.batch_size, config.progress, "validation")
+    test = evaluate(setup.model, run.data.test_x, run.data.test_y, run.data, config.batch_size, config.progress, "test")
+    for what, (loss, _) in (("validation loss", val), ("test loss", test)):     # an overflow in eval
+        check_finite(loss, epoch, run.state, folder, what)                    # mode is no accuracy
+    state = dict(run.state)
+    final_sparsity = setup.pruner is None or step >= setup.pruner.end_step    # GMP: pruning is over
+    if val[1] is not None and val[1] > state["best_val_acc"] and final_sparsity:
+        state.update(best_val_acc=val[1], best_epoch=epoch + 1, best_test_acc=test[1])
+    row = epoch_row(config, setup, epoch, step, last_rate, (train_loss, train_acc), val, test,
+                    train_seconds, time.perf_counter() - started, n_train)
+    run.metrics.append(row)
+    log(format_epoch(row))
+    state.update(epoch=epoch + 1, step=step, train_flops=setup.flops.train_flops,
+                 dense_train_flops=setup.flops.dense_train_flops)
+    resume.save(folder, config, setup, state, data_hash=run.data_hash, data_rng=run.data_rng)
+    run.state = state
 
 
 def _split(config, data):
