@@ -1,4 +1,4 @@
-"""The run's figures: titles name the run, empty panels say why, the mask crop is the engine's mask."""
+"""The run's figures: titles name the run, empty panels say why, the mask crop is the layer's mask."""
 
 import json
 

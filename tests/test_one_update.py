@@ -1,4 +1,4 @@
-"""demos/one_update.py reports what the engine did: its numbers are checked against the engine's state."""
+"""demos/one_update.py reports what the library did: its numbers are checked against the library's state."""
 import importlib.util
 import os
 
@@ -16,7 +16,7 @@ def _demo():
 
 
 @pytest.mark.parametrize("growth", ["random", "gradient", "unexplored"])
-def test_the_narrated_updates_match_the_engine(any_backend, growth):
+def test_the_narrated_updates_match_the_library(any_backend, growth):
     printed = []
     updates = _demo().run(growth, seed=3, out=printed.append)
     assert len(updates) == 2
