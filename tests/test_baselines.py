@@ -12,7 +12,7 @@ from tinyitop.models import mlp, sparsify
 from tinyitop.optim import SGD
 
 from tinyitop.topology import sparse_layers
-from tinyitop.train import Config, build_model, train
+from tinyitop.train import Config, build_model, train, train_dense_twin
 from tinyitop.data import make_synthetic
 
 
@@ -82,7 +82,8 @@ def test_lth_rewinds_to_the_stored_initial_weights(tmp_path):
     from tinyitop.data import split_validation
     (train_x, train_y), _ = split_validation(data.train_x, data.train_y, 0.1, 0)
     B.seed(0)
-    ticket = build_model(config, data, train_x, train_y, log=lambda *a: None)      # trains the dense twin first
+    train_dense_twin(config, log=lambda *a: None)                                 # LTH's step 1, as train() does
+    ticket = build_model(config, data, train_x, train_y, log=lambda *a: None)
     dense_dir = tmp_path / "run" / "dense"
     assert (dense_dir / "summary.json").exists()
     with np.load(dense_dir / "init.npz") as init, np.load(dense_dir / "checkpoint.npz") as final:

@@ -7,7 +7,7 @@ import pytest
 
 from tinyitop import plots
 from tinyitop.cli import main as cli_main
-from tinyitop.explore import mask_crop
+from tinyitop.report import mask_crop
 from tinyitop.metrics import read_jsonl
 from tinyitop.models import mlp
 from tinyitop.topology import sparse_layers

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tinyitop import SGD, CosineLR, MultiStepLR
+from tinyitop import SGD, MultiStepLR
 from tinyitop.layers import Parameter
 
 
@@ -50,15 +50,3 @@ def test_short_runs_start_at_the_base_rate():
     # the reference's milestones int(2/2)=1 and int(2*3/4)=1: both drops at epoch 1
     assert two(0) == 0.1 and two(1) == pytest.approx(0.1 * 0.1 ** 2)
 
-
-def test_reset_zeroes_chosen_entries():
-    p = Parameter(np.zeros((2, 3)))
-    opt = SGD([("w", p)], lr=0.1)
-    opt.velocity["w"] = np.arange(6.0).reshape(2, 3)
-    opt.reset("w", np.array([1, 5]))
-    np.testing.assert_array_equal(opt.velocity["w"], [[0, 0, 2], [3, 4, 0]])
-
-
-def test_cosine_schedule():
-    lr = CosineLR(0.1, 10)
-    assert np.isclose(lr(0), 0.1) and np.isclose(lr(5), 0.05) and np.isclose(lr(10), 0.0)

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 
 from tinyitop import backend as B
-from tinyitop.rundir import atomic_write
+from tinyitop.atomic import atomic_write
 from tinyitop.sparse import SparseWeight
 
 

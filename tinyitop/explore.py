@@ -57,14 +57,11 @@ class Exploration:
         self.sets = {name: ExploredSet(layer.weight.numel, layer.weight.flat_positions())
                      for name, layer in sparse_layers.items()}
 
-    def record_update(self, name, kept, grown):
-        self.sets[name].record_update(kept, grown)
-
     def record_updates(self, updates):
         """Take in one topology update of every layer: {name: (source, kept, grown)}, as
         TopologyUpdater.last_update holds it."""
         for name, (_, kept, grown) in updates.items():
-            self.record_update(name, kept, grown)
+            self.sets[name].record_update(kept, grown)
 
     def total_numel(self):
         return sum(s.numel for s in self.sets.values())
@@ -86,17 +83,3 @@ class Exploration:
     def rs_reliable_per_layer(self):
         return {name: s.reliable_count() / s.numel for name, s in self.sets.items()}
 
-
-def mask_crop(weight, grown, size=48):
-    """The top-left size x size corner of a layer's mask, for the mask-evolution figure: the active
-    positions and the ones grown at this update, as flat indices into the (rows, cols) crop."""
-    xp = B.xp
-    n_rows, n_cols = weight.shape
-    rows, cols = min(size, n_rows), min(size, n_cols)
-
-    def inside(flat):
-        r, c = flat // n_cols, flat % n_cols
-        keep = (r < rows) & (c < cols)
-        return B.to_host((r[keep] * cols + c[keep]).astype(xp.int64)).tolist()   # sync point, per update
-    return {"crop_shape": [rows, cols], "crop_active": inside(weight.flat_positions()),
-            "crop_grown": inside(grown)}

@@ -12,8 +12,8 @@ from tinyitop import fused, threads
 
 # col2im's CPU aside for narrow images (`_col2im_by_gathers`): at this input width and below, rows of
 # <= 4 values make each strided `+=` of the slice loop mostly per-row overhead. The gathers visit every
-# input pixel once per kernel offset, so they win on small images only: 1.7-2.3x at width 4, 4-5x at
-# 2, and lose at 8 (0.73x; 0.33-0.54x for a stride-2 conv from 8x8), benchmarks/bench_col2im.py.
+# input pixel once per kernel offset, so they win on small images only; the break-even is measured by
+# benchmarks/bench_col2im.py (figures in docs/SPEED.md).
 GATHER_MAX_WIDTH = 4
 
 
@@ -24,8 +24,8 @@ def output_size(size, kernel, stride, padding):
 
 def im2col(x, kernel_h, kernel_w, stride=1, padding=0, out=None):
     """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW), same dtype as x; written into `out` if it is an
-    array of that size and dtype (a conv's buffer from its last step: fresh, the columns of a narrow
-    VGG's first convs cost ~7 ms of page faults per 75 MB here, docs/SPEED.md).
+    array of that size and dtype (a conv's buffer from its last step: a fresh array that size costs
+    page faults before its first byte is written, docs/SPEED.md).
 
     The input is copied once into a zero-padded channel-major (C, N, H+2p, W+2p) buffer; each of
     the KH*KW kernel offsets is then a plain strided slice of it, in the layout of the columns.

@@ -158,14 +158,13 @@ def weight_gradient(dout_t, inputs_t):
     """dL/dW = dout_t @ inputs_t.T: (out, M) @ (M, in) -> (out, in), a sum over the M columns (the
     batch, or batch x output pixels for a conv).
 
-    Computed as (inputs_t @ dout_t.T).T when in > out: the same sums in the same order (the same
-    bits), but OpenBLAS runs a product with the longer side as its rows faster: 1.9x for the convs
-    of a narrow net's 32x32 stage (16 x 144 over 131,072 columns); with in <= out the plain form is
-    as fast or faster (benchmarks/bench_weight_gradient.py). Either way (out, in), maybe a view.
+    Aside: when in > out it is computed turned, (inputs_t @ dout_t.T).T: the same sums in the same
+    order (the same bits), but OpenBLAS runs a product faster with the longer side as its rows
+    (benchmarks/bench_weight_gradient.py; figures in docs/SPEED.md). Either way (out, in), maybe a view.
     """
-    if inputs_t.shape[0] > dout_t.shape[0]:
-        return (inputs_t @ dout_t.T).T                                   # ((in, M) @ (M, out)).T
-    return dout_t @ inputs_t.T
+    if inputs_t.shape[0] <= dout_t.shape[0]:
+        return dout_t @ inputs_t.T                                       # (out, M) @ (M, in)
+    return (inputs_t @ dout_t.T).T                                       # aside: ((in, M) @ (M, out)).T
 
 
 class Conv2d(Module):
@@ -236,7 +235,7 @@ class Conv2d(Module):
 
     def _spent_columns(self):
         """After the weight gradient the columns are spent: on a CPU dcols is written over them, as a
-        fresh array of that size costs page faults (~7 ms per 75 MB here); a GPU's memory pool is cheap."""
+        fresh array of that size costs page faults (docs/SPEED.md); a GPU's memory pool is cheap."""
         return self.cols if B.name == "numpy" else None
 
 
@@ -272,12 +271,11 @@ class _BatchNorm(Module):
         xp, axes, eps, training = B.xp, self.axes, self.eps, self.training
 
         def normalise(x, mean, var, gamma, beta, x_hat, inv_std, y):        # channels c of each
-            if training:
+            if training:                                                    # else: the running mean and var
                 xp.mean(x, axis=axes, keepdims=True, out=mean)              # (1, c, 1, 1) for images
-                xp.subtract(x, mean, out=x_hat)                             # centred, scaled in place below
+            xp.subtract(x, mean, out=x_hat)                                 # centred, scaled in place below
+            if training:
                 xp.mean(x_hat * x_hat, axis=axes, keepdims=True, out=var)   # biased, used to normalise
-            else:
-                xp.subtract(x, mean, out=x_hat)
             xp.divide(1, xp.sqrt(var + eps), out=inv_std)
             x_hat *= inv_std                                                # (x - mean) / std
             xp.multiply(gamma, x_hat, out=y)
@@ -484,8 +482,8 @@ class MaxPool2d(_Pool2d):
         return dx
 
     def _forward_gpu(self, x):
-        """GPU aside: the same maxima (and their first positions) from one argmax over the windows,
-        4 launches each way where the k*k views take k*k and 5 k*k (docs/SPEED.md)."""
+        """GPU aside: the same maxima (and their first positions) from one argmax over the windows:
+        a few kernel launches where the k*k views take several per view (docs/SPEED.md)."""
         windows = self._windows(x)                                      # (N, C, OH, OW, k*k)
         self.argmax = windows.argmax(axis=-1)                           # (N, C, OH, OW)
         self.y = B.xp.take_along_axis(windows, self.argmax[..., None], axis=-1)[..., 0]

@@ -104,15 +104,19 @@ def build_model(config, data, train_x=None, train_y=None, log=print):
     return lottery_ticket(config, data, log)
 
 
+LOTTERY_TICKET = ("lth", "lth-set")       # the methods that start from a trained dense twin's ticket
+
+
+def dense_twin(config):
+    """LTH's step 1, the dense twin: a run of its own in OUT/dense with the same settings, which
+    train.py trains first (resume=True: continued from its checkpoint, or started clean)."""
+    return dataclasses.replace(config, method="dense", growth=None, out=os.path.join(config.out, "dense"),
+                               resume=True)
+
+
 def lottery_ticket(config, data, log):
-    """LTH: train the dense twin (or reuse a finished one), keep its largest |w| globally, rewind."""
-    from tinyitop.train import train       # the twin is a run of its own
-    dense_dir = os.path.join(config.out, "dense")
-    # resume=True: continue the twin from its checkpoint, or start it clean if it has none yet.
-    dense_config = dataclasses.replace(config, method="dense", growth=None, out=dense_dir, resume=True)
-    if not os.path.exists(os.path.join(dense_dir, "summary.json")):
-        log(f"LTH step 1: training the dense network in {dense_dir}")
-        train(dense_config, log)
+    """LTH's step 2: keep the trained dense twin's largest |w| globally, rewind to its initial weights."""
+    dense_dir = dense_twin(config).out
     trained = dense_model(config, data)
     checkpoint.load(os.path.join(dense_dir, "checkpoint.npz"), trained, SGD(trained.named_parameters()), None)
     masks = magnitude_masks(trained, 1 - config.sparsity, config.dense_layers)

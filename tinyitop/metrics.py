@@ -11,7 +11,7 @@ try:
 except ImportError:
     resource = None
 
-from tinyitop.rundir import atomic_write
+from tinyitop.atomic import atomic_write
 
 
 def _clean(value):

@@ -4,7 +4,6 @@ State is one velocity array per parameter, aligned with `param.data`. For a spar
 a vector aligned with its nonzeros, so after a topology update `remap` carries the velocity of
 surviving weights over and starts grown ones at zero (Liu et al. 2021, Appendix: optimizer state).
 """
-import math
 
 from tinyitop import backend as B
 from tinyitop import fused
@@ -48,10 +47,6 @@ class SGD:
         new[keep] = old[source[keep]]
         self.velocity[name] = new
 
-    def reset(self, name, entries):
-        """Zero the state at the given flat entries of a parameter."""
-        self.velocity[name].reshape(-1)[entries] = 0
-
 
 class MultiStepLR:
     """lr * gamma^(number of milestones passed), the ITOP reference's schedule.
@@ -70,12 +65,3 @@ class MultiStepLR:
         passed = sum(epoch >= e for e in self.milestone_epochs)
         return self.base_lr * self.gamma ** passed
 
-
-class CosineLR:
-    """lr follows half a cosine from base_lr to 0 over total_epochs."""
-
-    def __init__(self, base_lr, total_epochs):
-        self.base_lr, self.total_epochs = base_lr, total_epochs
-
-    def __call__(self, epoch):
-        return 0.5 * self.base_lr * (1 + math.cos(math.pi * epoch / self.total_epochs))

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from tinyitop.data import CIFAR, DatasetError
-from tinyitop.rundir import atomic_write
+from tinyitop.atomic import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -7,7 +7,6 @@ import sys
 from tinyitop import backend as B
 from tinyitop.config import EXPLORING
 from tinyitop.data import batches
-from tinyitop.explore import mask_crop
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
 from tinyitop.metrics import format_rs, peak_rss_mb
 from tinyitop.rundir import write_json
@@ -114,3 +113,18 @@ def summarise(config, state, metrics, step, log):
             f"final R_s {format_rs(summary['final_rs'])}"
             + (" (GMP: best epoch chosen among those at the final sparsity)" if config.method == "gmp" else ""))
     return summary
+
+
+def mask_crop(weight, grown, size=48):
+    """The top-left size x size corner of a layer's mask, for the mask-evolution figure: the active
+    positions and the ones grown at this update, as flat indices into the (rows, cols) crop."""
+    xp = B.xp
+    n_rows, n_cols = weight.shape
+    rows, cols = min(size, n_rows), min(size, n_cols)
+
+    def inside(flat):
+        r, c = flat // n_cols, flat % n_cols
+        keep = (r < rows) & (c < cols)
+        return B.to_host((r[keep] * cols + c[keep]).astype(xp.int64)).tolist()   # sync point, per update
+    return {"crop_shape": [rows, cols], "crop_active": inside(weight.flat_positions()),
+            "crop_grown": inside(grown)}

@@ -23,6 +23,9 @@ import os
 import re
 import shutil
 
+from tinyitop.atomic import atomic_write
+from tinyitop.checkpoint import read_meta
+
 RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
              "training.png", "exploration.png", "mask_evolution.png", "report.md")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
@@ -34,22 +37,6 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tinyitop-partial-\d+")
 
 class RunFolderError(ValueError):
     """The --out folder cannot be used as asked (busy, holds another run, not writable)."""
-
-
-def atomic_write(path, write):
-    """Call write(file) on a temporary file, fsync, then rename over `path` (atomic on POSIX)."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tinyitop-partial-{os.getpid()}")   # a name no user picks
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):        # a full disk or Ctrl-C mid-write leaves nothing behind
-            os.remove(tmp)
-        raise
 
 
 def lock(file, busy_message):
@@ -107,7 +94,6 @@ def _looks_like_ours(path):
                 first = json.loads(f.readline() if name.endswith(".jsonl") else f.read())
             return isinstance(first, dict) and keys[name] <= set(first)
         if name == "checkpoint.npz":
-            from tinyitop.checkpoint import read_meta
             read_meta(path)
             return True
     except (OSError, ValueError, UnicodeDecodeError):

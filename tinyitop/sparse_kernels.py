@@ -39,8 +39,8 @@ CPU_CHUNK_BYTES, GPU_CHUNK_BYTES = 512 * 2 ** 10, 128 * 2 ** 20
 COLUMN_BLOCK = 512      # CPU gather: nonzeros visited by blocks of 512 input features (stay in L2)
 # CPU transposes (feature_major): where a row of x spans a multiple of 2 KiB (F = 512, 1024, 3072
 # floats...), the elements of one column of x fall into few cache sets and evict each other, and
-# NumPy's x.T copy runs 3-4.5x slower than at other widths; copying 8 rows at a time then wins
-# (elsewhere it loses: 0.6-0.8x). Measured by benchmarks/bench_transpose.py (docs/SPEED.md).
+# NumPy's x.T copy runs several times slower than at other widths; copying 8 rows at a time then
+# wins (elsewhere it loses). Measured by benchmarks/bench_transpose.py (figures in docs/SPEED.md).
 TRANSPOSE_TILE_ROWS, TRANSPOSE_ALIASED_STRIDE = 8, 2048
 
 

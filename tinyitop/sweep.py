@@ -16,7 +16,7 @@ import threading
 import time
 
 from tinyitop import claims
-from tinyitop.rundir import atomic_write
+from tinyitop.atomic import atomic_write
 from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
                                    finished_summary, load_config, train_command)
 from tinyitop.sweep_results import FAILED_NAME, aggregate, clear_failure, print_states, record_failure, run_states

@@ -11,7 +11,7 @@ import math
 import os
 
 from tinyitop import claims
-from tinyitop.rundir import atomic_write
+from tinyitop.atomic import atomic_write
 from tinyitop.sweep_config import METRICS, finished_summary, text_of, varied_settings
 
 FAILED_NAME = ".failed"          # RUN/.failed: {"exit": status, "host": ..., "error": last log line}

@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tinyitop import backend as B
 
-# Below this many bytes touched a pass is not split: waking a worker and waiting for it costs ~0.3 ms
-# here, as much as a 2 MiB pass. Measured by benchmarks/bench_threads.py (docs/SPEED.md): two threads
-# lose below ~2-4 MiB touched (BatchNorm 2 MiB: 1.25x slower, 4 MiB: 0.75x) and win 1.5-2.5x at 16+ MiB.
+# Below this many bytes touched a pass is not split: waking a worker and waiting for it costs as much
+# as a pass over a few MiB. The break-even is measured by benchmarks/bench_threads.py (docs/SPEED.md).
 SPLIT_MIN_BYTES = 4 << 20
 CORES = os.cpu_count() or 1     # read once: every pass asks thread_count(), ~400 times a VGG step
 

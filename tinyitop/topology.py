@@ -49,8 +49,8 @@ def top_gradient_positions(weight, kept_positions, k, dout_t, inputs_t, max_byte
     plus 2k candidates, whatever the layer's size. Sorted (k,) int64.
 
     Once k candidates are held, a block's scores only compete if they beat the weakest of them (one
-    comparison per score, instead of a partial sort of the block): on a 333,333-wide layer the
-    selection then costs less than the block products themselves.
+    comparison per score, instead of a partial sort of the block), so that on very wide layers the
+    selection costs less than the block products themselves.
     """
     xp = B.xp
     n_out, n_in = weight.shape
@@ -176,7 +176,7 @@ class TopologyUpdater:
     def maybe_update(self, step):
         """After the optimizer step of iteration `step`: prune and regrow every layer. Returns the prune
         rate used, or None; `last_update` then holds each layer's (source, kept, grown), which the
-        caller records in the explored sets (Exploration.record_update: R_s grows there)."""
+        caller records in the explored sets (Exploration.record_updates: R_s grows there)."""
         if not self.is_update_step(step):
             return None
         rate = prune_rate_at(step, self.total_steps, self.initial_prune_rate)

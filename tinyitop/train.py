@@ -8,6 +8,7 @@ SET, RigL and the baselines), the settings and memory check (config.py), resume 
 is logged (report.py). `train(Config(...))` runs one experiment and returns its summary.
 """
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from tinyitop.config import EXPLORING, Config, check_memory  # noqa: F401  (Conf
 from tinyitop.data import absent_classes, batches, fingerprint, load, split_validation
 from tinyitop.explore import Exploration
 from tinyitop.losses import accuracy_count
-from tinyitop.methods import build_model, set_up  # noqa: F401  (build_model: for callers of train.py)
+from tinyitop.methods import LOTTERY_TICKET, build_model, dense_twin, set_up  # noqa: F401  (build_model: for callers of train.py)
 from tinyitop.metrics import JsonLines, format_epoch, format_rs
 from tinyitop.report import (TrainingDiverged, check_finite, epoch_row, evaluate, progress,  # noqa: F401
                              summarise, update_row)
@@ -128,6 +129,8 @@ def _start(config, folder, resuming, log):
     data_hash = fingerprint(data)
     if resuming:
         resume.check_resumable(folder, config, data_hash, config.steps_per_epoch(len(train_set[0])))
+    if config.method in LOTTERY_TICKET:
+        train_dense_twin(config, log)
     setup = set_up(config, data, *train_set, log)
     if config.method == "dense" and not resuming:
         folder.claim("init.npz")
@@ -166,6 +169,14 @@ def _end_epoch(config, folder, run, epoch, step, sums, started, log):
                  dense_train_flops=setup.flops.dense_train_flops)
     resume.save(folder, config, setup, state, data_hash=run.data_hash, data_rng=run.data_rng)
     run.state = state
+
+
+def train_dense_twin(config, log):
+    """LTH's step 1: train the dense twin (methods.dense_twin), or reuse it once finished."""
+    twin = dense_twin(config)
+    if not os.path.exists(os.path.join(twin.out, "summary.json")):
+        log(f"LTH step 1: training the dense network in {twin.out}")
+        train(twin, log)
 
 
 def _split(config, data):
