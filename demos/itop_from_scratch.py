@@ -30,7 +30,7 @@ def uniform(rng, size, bound):
 
 
 # ---- the sparse network -----------------------------------------------------------------------------
-def erk_densities(shapes, density):
+def layer_densities(shapes, density):
     """Erdos-Renyi(-Kernel) densities: layer l gets eps * (n_in + n_out) / (n_in * n_out), one eps for
     the whole net so that it keeps `density` of all weights; a layer that would exceed 1 is made dense."""
     numel, raw, dense = [o * i for o, i in shapes], [(o + i) / (o * i) for o, i in shapes], set()
@@ -57,7 +57,7 @@ def sparse_mlp(sizes, sparsity, rng):
     """[{W: CSR (n_out, n_in), b: (n_out,), vW: W's momentum (nnz,)}] per layer, PyTorch's init."""
     shapes = [(n_out, n_in) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
     layers = []
-    for (n_out, n_in), density in zip(shapes, erk_densities(shapes, 1 - sparsity)):
+    for (n_out, n_in), density in zip(shapes, layer_densities(shapes, 1 - sparsity)):
         positions = random_positions(rng, n_out * n_in, max(1, round(density * n_out * n_in)))
         weights = uniform(rng, positions.size, 1.0) * (1 / math.sqrt(n_in))     # U(-1, 1) scaled
         layers.append({"W": csr((n_out, n_in), positions, weights), "b": uniform(rng, n_out, 1 / math.sqrt(n_in)),
@@ -121,12 +121,12 @@ def prune_and_grow(layer, rate, rng):
     return kept, grown
 
 
-def prune_rate_at(step, total_steps, initial=0.5, final=0.005):
-    """Cosine decay of the fraction pruned at each update, from `initial` to `final`."""
-    return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * step / total_steps))
+def prune_rate_at(step, total_steps, prune_rate=0.5, final=0.005):
+    """Cosine decay of the fraction pruned at each update, from `prune_rate` to `final`."""
+    return final + 0.5 * (prune_rate - final) * (1 + math.cos(math.pi * step / total_steps))
 
 
-class Explored:
+class ExploredSet:
     """Union of all masks a layer ever had (for R_s), and which grown weights survived a prune."""
 
     def __init__(self, W):
@@ -134,7 +134,7 @@ class Explored:
         self.ever[flat_positions(W)] = True
         self.reliable, self.pending = self.ever.copy(), np.zeros_like(self.ever)   # the initial mask is reliable
 
-    def record(self, kept, grown):
+    def record_update(self, kept, grown):
         self.reliable[kept] |= self.pending[kept]     # grown at the last update and survived this prune
         self.pending = np.zeros_like(self.pending)
         self.pending[grown] = self.ever[grown] = True
@@ -151,7 +151,7 @@ def train(data, hidden=(512, 256), sparsity=0.9, epochs=3, batch_size=128, lr=0.
     """Trains SET-ITOP; returns (layers, per-epoch mean training losses)."""
     (x, y), (test_x, test_y) = data
     layers = sparse_mlp([x.shape[1], *hidden, 10], sparsity, init_rng)
-    explored = [Explored(layer["W"]) for layer in layers]
+    explored = [ExploredSet(layer["W"]) for layer in layers]
     total_steps, step, losses = epochs * math.ceil(len(x) / batch_size), 0, []
     for epoch in range(epochs):
         epoch_lr = lr * 0.1 ** ((epoch >= max(1, epochs // 2)) + (epoch >= max(1, int(0.75 * epochs))))
@@ -165,7 +165,7 @@ def train(data, hidden=(512, 256), sparsity=0.9, epochs=3, batch_size=128, lr=0.
                 rate = prune_rate_at(step, total_steps, prune_rate)
                 for layer, e in zip(layers, explored):
                     if layer["W"].nnz < layer["W"].shape[0] * layer["W"].shape[1]:  # a dense layer stays
-                        e.record(*prune_and_grow(layer, rate, grow_rng))
+                        e.record_update(*prune_and_grow(layer, rate, grow_rng))
                 on_update(step, layers, *rs(explored))
         losses.append(loss_sum / len(x))
         accuracy = (forward(layers, test_x).argmax(axis=1) == test_y).mean()

@@ -104,7 +104,7 @@ class Narrator:
 
     def show_prune(self, step, rate, k, before, pruned):
         cols = self.weight.shape[1]
-        self.out(f"\n  1. prune rate p = {rate:.4f} (cosine from P = {self.updater.initial_prune_rate} at "
+        self.out(f"\n  1. prune rate p = {rate:.4f} (cosine from P = {self.updater.prune_rate} at "
                  f"iteration {step} of {self.updater.total_steps}); k = ceil(p * nnz) = "
                  f"ceil({rate:.4f} * {before['positions'].size}) = {k}")
         magnitude = dict(zip(before["positions"].tolist(), np.abs(before["values"]).tolist()))
@@ -174,7 +174,7 @@ def run(growth="random", seed=SEED, out=print):
     exploration = Exploration(sparse_layers(model))
     method = "rigl" if growth == "gradient" else "set"
     updater = TopologyUpdater(model, optimizer, exploration, method=method, growth=growth,
-                              update_interval=STEPS_BETWEEN_UPDATES, initial_prune_rate=0.5,
+                              update_interval=STEPS_BETWEEN_UPDATES, prune_rate=0.5,
                               total_steps=TOTAL_STEPS)
     narrator = Narrator(model, optimizer, exploration, updater, out)
     out(f"{B.describe()}; growth '{growth}', seed {seed}: {STEPS_BETWEEN_UPDATES} SGD steps between updates")

@@ -9,7 +9,7 @@ import pytest
 
 from tinyitop import backend as B
 from tinyitop.data import load, normalise, split_validation
-from tinyitop.init import sample_positions
+from tinyitop.init import random_positions
 from tinyitop.topology import sparse_layers
 from tinyitop.train import Config, train
 
@@ -44,7 +44,7 @@ def handing_tinyitops_draws(scratch):
             "the file's sampler must give k distinct sorted positions"
         assert not np.isin(drawn, excluded).any(), "the file's sampler grew into an excluded (occupied) position"
         excluded = np.asarray(excluded, dtype=np.int64)
-        return sample_positions(numel, k, excluded if excluded.size else None, rng=rng)
+        return random_positions(numel, k, excluded if excluded.size else None, rng=rng)
 
     def uniform(rng, size, bound):
         return (rng.random(size, dtype=np.float32) * (2 * bound) - bound).astype(np.float32)

@@ -24,8 +24,8 @@ MUTATIONS = {
     "the dense-layer guard dropped": ('if layer["W"].nnz < layer["W"].shape[0] * layer["W"].shape[1]:', 'if True:',
                                       SETTINGS_DENSE_LAST),
     "a linear prune rate instead of the cosine": (
-        'return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * step / total_steps))',
-        'return final + (initial - final) * (1 - step / total_steps)', SETTINGS),
+        'return final + 0.5 * (prune_rate - final) * (1 + math.cos(math.pi * step / total_steps))',
+        'return final + (prune_rate - final) * (1 - step / total_steps)', SETTINGS),
     "an update on the last iteration": ('if step % update_interval == 0 and step < total_steps:',
                                         'if step % update_interval == 0:', SETTINGS_DENSE_LAST),
 }

@@ -4,7 +4,7 @@ import pytest
 
 from gradcheck import check_layer
 from tinyitop import backend as B
-from tinyitop.init import active_count, sample_positions
+from tinyitop.init import active_count, random_positions
 from tinyitop.layers import Conv2d, Parameter
 from tinyitop.sparse import SparseConv2d, SparseLinear, SparseWeight, csr_from_flat
 from tinyitop import sparse_kernels as kernels
@@ -163,7 +163,7 @@ def test_weight_is_a_true_csr_matrix():
 def test_exact_counts_and_distinct_sorted_positions():
     for numel, density in [(10, 0.5), (3072 * 1024, 0.0413), (1000, 0.999), (7, 1.0)]:
         k = active_count(density, numel)
-        positions = B.to_host(sample_positions(numel, k))
+        positions = B.to_host(random_positions(numel, k))
         assert positions.size == k == round(density * numel)
         assert np.all(np.diff(positions) > 0) and positions[0] >= 0 and positions[-1] < numel
 
@@ -172,7 +172,7 @@ def test_sampling_respects_exclusions_and_is_uniform(host_rng):
     excluded = np.array([0, 2, 4, 6, 8])
     counts = np.zeros(10)
     for _ in range(2000):
-        counts[B.to_host(sample_positions(10, 2, excluded=B.to_device(excluded)))] += 1
+        counts[B.to_host(random_positions(10, 2, excluded=B.to_device(excluded)))] += 1
     assert counts[excluded].sum() == 0
     allowed = counts[[1, 3, 5, 7, 9]]
     assert np.all(np.abs(allowed / 2000 - 0.4) < 0.05)     # each odd position picked 2/5 of the time

@@ -6,7 +6,7 @@ import pytest
 
 from tinyitop import SGD, SoftmaxCrossEntropy, TopologyUpdater, backend as B, layer_densities, mlp, prune_rate_at
 from tinyitop.explore import Exploration, ExploredSet
-from tinyitop.topology import sparse_layers, update_layer
+from tinyitop.topology import sparse_layers, prune_and_grow
 
 
 def _host(a):
@@ -68,7 +68,7 @@ def test_update_invariants(any_backend, mode):
     k = math.ceil(rate * nnz)
     dense_grad = _host(layer.dense_grad) if mode == "gradient" else None
 
-    source, kept, grown = update_layer(weight, rate, mode, exploration.sets["fc1"], layer.dense_grad)
+    source, kept, grown = prune_and_grow(weight, rate, mode, exploration.sets["fc1"], layer.dense_grad)
     opt.remap(weight, source)
     after_pos, after_val = _host(weight.flat_positions()), _host(weight.data)
     after_vel = _host(opt.velocity["fc1.weight"])
@@ -112,7 +112,7 @@ def test_unexplored_growth_fills_the_layer_before_reusing():
     for _ in range(8):        # 20 initial + 8 x 10 fresh = all 100 positions
         unexplored_before = weight.numel - explored.count()
         before = set(B.to_host(explored.positions).tolist())
-        _, kept, grown = update_layer(weight, 0.5, "unexplored", explored)
+        _, kept, grown = prune_and_grow(weight, 0.5, "unexplored", explored)
         explored.record_update(kept, grown)
         fresh = [p for p in B.to_host(grown).tolist() if p not in before]
         assert len(fresh) == min(len(grown), unexplored_before)
@@ -137,7 +137,7 @@ def _run(method, steps=60, interval=5, growth=None, sparsity=0.9):
     model, opt, x, labels = _trained_model(sparsity=sparsity, hidden=(30,))
     exploration = Exploration(sparse_layers(model))
     updater = TopologyUpdater(model, opt, exploration, method=method, growth=growth, update_interval=interval,
-                              initial_prune_rate=0.5, total_steps=steps)
+                              prune_rate=0.5, total_steps=steps)
     history = [exploration.rs()]
     nnz = {n: l.weight.nnz for n, l in sparse_layers(model).items()}
     for step in range(1, steps + 1):

@@ -63,7 +63,7 @@ def contains(sorted_values, queries):
     return sorted_values[where] == queries
 
 
-def sample_positions(numel, k, excluded=None, rng=None):
+def random_positions(numel, k, excluded=None, rng=None):
     """k distinct flat positions in [0, numel), uniformly, none in sorted `excluded`; sorted int64.
 
     Rejection sampling in vectorised rounds: memory in proportion to k, never to numel, unless

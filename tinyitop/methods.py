@@ -63,7 +63,7 @@ def set_up(config, data, train_x, train_y, log):
     stop_step = None if config.stop_exploration_epoch is None else config.stop_exploration_epoch * steps_per_epoch
     updater = TopologyUpdater(model, optimizer, exploration, method=EXPLORING.get(config.method, "static"),
                               growth=config.growth, update_interval=config.update_interval,
-                              initial_prune_rate=config.prune_rate, total_steps=total_steps,
+                              prune_rate=config.prune_rate, total_steps=total_steps,
                               stop_exploration_step=stop_step)
     pruner = None
     if config.method == "gmp":

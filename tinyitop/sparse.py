@@ -16,7 +16,7 @@ import math
 
 from tinyitop import backend as B
 from tinyitop import sparse_kernels as kernels
-from tinyitop.init import active_count, sample_positions
+from tinyitop.init import active_count, random_positions
 from tinyitop.layers import Conv2d, Module, Parameter, check_input, uniform, weight_gradient
 
 
@@ -201,7 +201,7 @@ def random_sparse_weight(shape, density, fan_in, fan_in_scaling=False, dtype="fl
     """
     xp = B.xp
     numel = math.prod(shape)
-    flat = sample_positions(numel, active_count(density, numel))
+    flat = random_positions(numel, active_count(density, numel))
     values = uniform((flat.size,), 1.0, dtype)                      # U(-1, 1), scaled below
     weight = SparseWeight(csr_from_flat(flat, values, shape))
     if fan_in_scaling:

@@ -9,7 +9,7 @@ momentum start at zero; the prune rate p follows a cosine from P down to 0.005 o
 import math
 
 from tinyitop import backend as B
-from tinyitop.init import sample_positions
+from tinyitop.init import random_positions
 from tinyitop.sparse import SPARSE_TYPES
 from tinyitop.sparse_kernels import DENSE_BUFFER_MAX_BYTES
 
@@ -17,9 +17,10 @@ GROWTH_MODES = ("random", "gradient", "unexplored")
 FINAL_PRUNE_RATE = 0.005
 
 
-def prune_rate_at(step, total_steps, initial=0.5, final=FINAL_PRUNE_RATE):
-    """Cosine decay: p(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2."""
-    return final + 0.5 * (initial - final) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+def prune_rate_at(step, total_steps, prune_rate=0.5, final=FINAL_PRUNE_RATE):
+    """The prune rate at iteration s: a cosine decay from `prune_rate` at s = 0 to `final` at s = T,
+    p(s) = final + (prune_rate - final) * (1 + cos(pi * s / T)) / 2."""
+    return final + 0.5 * (prune_rate - final) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def prune_count(rate, nnz):
@@ -86,7 +87,7 @@ def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None, grad_o
     xp = B.xp
     numel = weight.numel
     if mode == "random":
-        return sample_positions(numel, k, excluded=kept_positions)
+        return random_positions(numel, k, excluded=kept_positions)
     if mode == "gradient":
         if dense_grad is None and k and grad_operands is not None:
             return top_gradient_positions(weight, kept_positions, k, *grad_operands)
@@ -101,16 +102,16 @@ def grow(weight, kept_positions, k, mode, explored=None, dense_grad=None, grad_o
     if mode == "unexplored":
         # Never-activated positions first; explored ones already include every kept position.
         n_unexplored = numel - explored.count()
-        first = sample_positions(numel, min(k, n_unexplored), excluded=explored.positions.astype(xp.int64))
+        first = random_positions(numel, min(k, n_unexplored), excluded=explored.positions.astype(xp.int64))
         if first.size == k:
             return first
-        rest = sample_positions(numel, k - first.size,
+        rest = random_positions(numel, k - first.size,
                                 excluded=xp.unique(xp.concatenate([kept_positions, first])))
         return xp.sort(xp.concatenate([first, rest]))
     raise ValueError(f"unknown growth mode {mode!r}: choose one of {', '.join(GROWTH_MODES)}")
 
 
-def update_layer(weight, rate, mode, explored=None, dense_grad=None, grad_operands=None):
+def prune_and_grow(weight, rate, mode, explored=None, dense_grad=None, grad_operands=None):
     """Prune and regrow one SparseWeight in place.
 
     Returns (source, kept_positions, grown_positions); `source[j]` is the old slot of new nonzero j,
@@ -139,7 +140,7 @@ class TopologyUpdater:
     """
 
     def __init__(self, model, optimizer, exploration, method="set", growth=None, update_interval=1500,
-                 initial_prune_rate=0.5, total_steps=1, stop_exploration_step=None):
+                 prune_rate=0.5, total_steps=1, stop_exploration_step=None):
         if growth is None:
             growth = "gradient" if method == "rigl" else "random"
         if growth not in GROWTH_MODES:
@@ -148,16 +149,16 @@ class TopologyUpdater:
             raise ValueError(f"method {method!r} does not grow by {growth!r}")
         if update_interval < 1:
             raise ValueError(f"update_interval must be >= 1, got {update_interval}")
-        if not 0 < initial_prune_rate < 1:
-            raise ValueError(f"initial prune rate must be in (0, 1), got {initial_prune_rate}")
+        if not 0 < prune_rate < 1:
+            raise ValueError(f"prune rate must be in (0, 1), got {prune_rate}")
         self.model, self.optimizer, self.exploration = model, optimizer, exploration
         self.method, self.growth, self.update_interval = method, growth, update_interval
-        self.initial_prune_rate, self.total_steps = initial_prune_rate, total_steps
+        self.prune_rate, self.total_steps = prune_rate, total_steps
         self.stop_exploration_step = stop_exploration_step
         # A layer at density 1 (made dense by ERK) has nothing to explore.
         self.layers = {n: layer for n, layer in sparse_layers(model).items() if layer.weight.density < 1}
         # {layer name: (source, kept positions, grown positions)} of the last update, for readers
-        # who want to watch it (demos/one_update.py); see update_layer for what each holds.
+        # who want to watch it (demos/one_update.py); see prune_and_grow for what each holds.
         self.last_update = {}
 
     def is_update_step(self, step):
@@ -179,11 +180,11 @@ class TopologyUpdater:
         caller records in the explored sets (Exploration.record_updates: R_s grows there)."""
         if not self.is_update_step(step):
             return None
-        rate = prune_rate_at(step, self.total_steps, self.initial_prune_rate)
+        rate = prune_rate_at(step, self.total_steps, self.prune_rate)
         for name, layer in self.layers.items():
             weight = layer.weight
             explored = self.exploration.sets[name]
-            source, kept, grown = update_layer(weight, rate, self.growth, explored, layer.dense_grad,
+            source, kept, grown = prune_and_grow(weight, rate, self.growth, explored, layer.dense_grad,
                                                layer.grad_operands)
             self.optimizer.remap(weight, source)
             layer.keep_dense_grad, layer.dense_grad, layer.grad_operands = False, None, None
