@@ -23,7 +23,7 @@ def _train(tmp_path, name, *extra):
 
 def test_a_set_run_draws_three_figures_titled_with_its_settings(tmp_path, capsys):
     out = _train(tmp_path, "set", "--update-interval", "5")
-    for name in ("training.png", "exploration.png", "mask_evolution.png"):
+    for name in ("training.png", "exploration.png", "mask_evolution.png", "mask_evolution.gif"):
         assert (out / name).stat().st_size > 10_000, name
     title = plots.run_title(str(out))
     assert title.startswith("mlp 64 on synthetic: set (random growth), sparsity 0.9") and "Delta T 5" in title
@@ -34,12 +34,33 @@ def test_a_set_run_draws_three_figures_titled_with_its_settings(tmp_path, capsys
         assert all(0 <= p < 48 * 48 for p in update["crop_active"])
 
 
+def test_the_mask_animation_has_a_frame_per_update_showing_that_update(tmp_path, capsys):
+    """mask_evolution.gif: one frame per update (evenly chosen beyond max_frames); each frame's mask
+    panel is that update's mask: its active positions black, its grown ones orange."""
+    from PIL import Image
+    out = _train(tmp_path, "set", "--update-interval", "5")
+    updates = read_jsonl(str(out / "updates.jsonl"))
+    with Image.open(out / "mask_evolution.gif") as gif:
+        assert gif.n_frames == len(updates) > 1
+    pictures = plots._mask_pictures(updates)
+    for update, picture in zip(updates, pictures):
+        flat = picture.reshape(-1, 3)
+        grown = set(update["crop_grown"])
+        black = {p for p in update["crop_active"] if p not in grown}
+        assert {i for i, c in enumerate(flat) if tuple(c) == (0.1, 0.1, 0.1)} == black
+        assert {i for i, c in enumerate(flat) if tuple(c) == (1.0, 0.5, 0.0)} == grown
+    short = plots.mask_animation(str(out), str(tmp_path / "short.gif"), max_frames=3)
+    with Image.open(short) as gif:
+        assert gif.n_frames == 3
+
+
 def test_a_run_without_updates_says_why_and_draws_no_mask_evolution(tmp_path, capsys):
     out = _train(tmp_path, "never", "--update-interval", "5000")
     rows = read_jsonl(str(out / "metrics.jsonl"))
     reason = plots._no_update_reason(rows, str(out))
     assert "Delta T (5000) > iterations" in reason
     assert not (out / "mask_evolution.png").exists() and plots.mask_evolution(str(out)) is None
+    assert not (out / "mask_evolution.gif").exists() and plots.mask_animation(str(out)) is None
     static = _train(tmp_path, "static", "--method", "static")
     assert "method 'static' keeps its mask fixed" in plots._no_update_reason([], str(static))
     assert "Delta T" not in plots.run_title(str(static))

@@ -205,22 +205,22 @@ def config_from_args(args):
 
 
 def run_and_plot(config, plots=True):
-    """Train, then write OUT/training.png, OUT/mask_evolution.png (if the topology changed) and
-    OUT/exploration.png (sparse MLPs). Returns the Run."""
+    """Train, then write OUT/training.png, OUT/mask_evolution.png and .gif (if the topology changed)
+    and OUT/exploration.png (sparse MLPs). Returns the Run."""
     run = train(config)
     if plots:
         from tinyitop import plots as figures
         pixel_map = config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets
         updated = os.path.exists(os.path.join(config.out, "updates.jsonl"))
-        claim(config.out, ["training.png"] + ["exploration.png"] * pixel_map + ["mask_evolution.png"] * updated)
+        claim(config.out, ["training.png"] + ["exploration.png"] * pixel_map + ["mask_evolution.png", "mask_evolution.gif"] * updated)
         print(f"figure: {figures.training(config.out)}")
         if pixel_map:
             path = figures.exploration(run.model, run.exploration, run.data.image_shape,
                                        f"{config.out}/exploration.png", title=figures.run_title(config.out))
             print(f"figure: {path}")
-        evolution = figures.mask_evolution(config.out)
-        if evolution:
-            print(f"figure: {evolution}")
+        for evolution in (figures.mask_evolution(config.out), figures.mask_animation(config.out)):
+            if evolution:
+                print(f"figure: {evolution}")
     return run
 
 

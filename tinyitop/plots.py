@@ -5,7 +5,8 @@
   its possible connections active now and ever explored (one shared scale), plus per sparse layer
   active vs explored.
 - mask_evolution(): a fixed corner of the first sparse layer's mask at several updates, the newly
-  grown connections highlighted: exploration seen rather than read about.
+  grown connections highlighted: exploration seen rather than read about; mask_animation(): the
+  same corner at every update as an animated GIF, beside R_s and reliable R_s growing.
 Each figure's title names the run (model, data, method, sparsity, Delta T).
 """
 import json
@@ -189,6 +190,65 @@ def mask_evolution(run_dir, path=None, panels=6):
     fig.tight_layout(rect=(0, 0, 1, 0.84))
     path = path or os.path.join(run_dir, "mask_evolution.png")
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _mask_pictures(updates):
+    """One RGB crop per update (rows, cols, 3): black active, orange grown at that update, grey
+    active after an earlier logged update but not now (explored), white never seen active."""
+    rows, cols = updates[0]["crop_shape"]
+    union, pictures = set(), []
+    for update in updates:
+        union |= set(update["crop_active"])
+        picture = np.ones((rows * cols, 3))
+        picture[sorted(union)] = (0.78, 0.78, 0.78)
+        picture[update["crop_active"]] = (0.1, 0.1, 0.1)
+        picture[update["crop_grown"]] = (1.0, 0.5, 0.0)
+        pictures.append(picture.reshape(rows, cols, 3))
+    return pictures
+
+
+def mask_animation(run_dir, path=None, max_frames=60, fps=4):
+    """An animated GIF (matplotlib + Pillow) of the mask corner of mask_evolution, one frame per
+    topology update (at most `max_frames`, evenly chosen), beside R_s and reliable R_s growing up to
+    that update. Returns the path, or None when the run had no update."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+    updates = [u for u in read_jsonl(os.path.join(run_dir, "updates.jsonl")) if "crop_active" in u]
+    if not updates:
+        return None
+    plt = _pyplot()
+    pictures = _mask_pictures(updates)
+    frames = sorted({round(j) for j in np.linspace(0, len(updates) - 1, min(max_frames, len(updates)))})
+    iterations = [u["iteration"] for u in updates]
+    fig, (mask_ax, rs_ax) = plt.subplots(1, 2, figsize=(8, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    image = mask_ax.imshow(pictures[0], interpolation="nearest")
+    mask_ax.set_xticks([])
+    mask_ax.set_yticks([])
+    rows, cols = updates[0]["crop_shape"]
+    mask_ax.set_xlabel(f"{updates[0]['crop_layer']}: inputs 0-{cols - 1} (rows 0-{rows - 1})\nblack active, orange "
+                       "just grown, grey explored", fontsize=8)
+    curves = {}
+    for key, label, color in (("rs", "R_s", "tab:blue"), ("rs_reliable", "reliable R_s", "tab:green")):
+        values = [u[key] for u in updates]
+        rs_ax.plot(iterations, values, color="0.85", lw=1)                       # the whole run, faint
+        curves[key] = rs_ax.plot([], [], lw=2, label=label, color=color)[0]      # up to this frame
+    rs_ax.set_xlabel("iteration")
+    rs_ax.set_ylabel("fraction of all weights explored")
+    rs_ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(run_title(run_dir), fontsize=9)
+
+    def draw(i):
+        image.set_data(pictures[i])
+        for key, line in curves.items():
+            line.set_data(iterations[:i + 1], [u[key] for u in updates[:i + 1]])
+        mask_ax.set_title(f"update {i + 1} of {len(updates)} (iteration {iterations[i]})\n"
+                          f"R_s {format_rs(updates[i]['rs'])}, reliable {format_rs(updates[i]['rs_reliable'])}",
+                          fontsize=9)
+        return [image, *curves.values()]
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path = path or os.path.join(run_dir, "mask_evolution.gif")
+    FuncAnimation(fig, draw, frames=frames).save(path, writer=PillowWriter(fps=fps), dpi=80)
     plt.close(fig)
     return path
 

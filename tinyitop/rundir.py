@@ -27,7 +27,7 @@ from tinyitop.atomic import atomic_write
 from tinyitop.checkpoint import read_meta
 
 RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
-             "training.png", "exploration.png", "mask_evolution.png", "report.md")
+             "training.png", "exploration.png", "mask_evolution.png", "mask_evolution.gif", "report.md")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
 LOCK_NAME = ".lock"
 MANIFEST_NAME = ".tinyitop-run"    # {"written": [names]}: what this folder's run wrote (may delete)
