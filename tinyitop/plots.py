@@ -210,10 +210,10 @@ def _mask_pictures(updates):
 
 
 def mask_animation(run_dir, path=None, max_frames=60, fps=4):
-    """An animated GIF (matplotlib + Pillow) of the mask corner of mask_evolution, one frame per
+    """An animated GIF (drawn by matplotlib, written by Pillow) of the mask corner of mask_evolution, one frame per
     topology update (at most `max_frames`, evenly chosen), beside R_s and reliable R_s growing up to
     that update. Returns the path, or None when the run had no update."""
-    from matplotlib.animation import FuncAnimation, PillowWriter
+    from PIL import Image                     # Pillow: a dependency of matplotlib
     updates = [u for u in read_jsonl(os.path.join(run_dir, "updates.jsonl")) if "crop_active" in u]
     if not updates:
         return None
@@ -221,7 +221,7 @@ def mask_animation(run_dir, path=None, max_frames=60, fps=4):
     pictures = _mask_pictures(updates)
     frames = sorted({round(j) for j in np.linspace(0, len(updates) - 1, min(max_frames, len(updates)))})
     iterations = [u["iteration"] for u in updates]
-    fig, (mask_ax, rs_ax) = plt.subplots(1, 2, figsize=(8, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (mask_ax, rs_ax) = plt.subplots(1, 2, figsize=(8, 3.8), dpi=80, gridspec_kw={"width_ratios": [1, 1.4]})
     image = mask_ax.imshow(pictures[0], interpolation="nearest")
     mask_ax.set_xticks([])
     mask_ax.set_yticks([])
@@ -237,19 +237,20 @@ def mask_animation(run_dir, path=None, max_frames=60, fps=4):
     rs_ax.set_ylabel("fraction of all weights explored")
     rs_ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(run_title(run_dir), fontsize=9)
-
-    def draw(i):
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    images = []
+    for i in frames:                          # one draw per frame (FuncAnimation's save draws each three times)
         image.set_data(pictures[i])
         for key, line in curves.items():
             line.set_data(iterations[:i + 1], [u[key] for u in updates[:i + 1]])
         mask_ax.set_title(f"update {i + 1} of {len(updates)} (iteration {iterations[i]})\n"
                           f"R_s {format_rs(updates[i]['rs'])}, reliable {format_rs(updates[i]['rs_reliable'])}",
                           fontsize=9)
-        return [image, *curves.values()]
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    path = path or os.path.join(run_dir, "mask_evolution.gif")
-    FuncAnimation(fig, draw, frames=frames).save(path, writer=PillowWriter(fps=fps), dpi=80)
+        fig.canvas.draw()
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB"))
     plt.close(fig)
+    path = path or os.path.join(run_dir, "mask_evolution.gif")
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
     return path
 
 
