@@ -451,7 +451,7 @@ def test_a_demos_default_folder_is_named_by_data_set_and_length():
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
     """Into a pipe (`| tee`, a job's log) a bar is hundreds of carriage-return updates: none then."""
-    from tinyitop.report import progress
+    from tinyitop.metrics import progress
     items = [1, 2, 3]
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
     assert progress(items, 3, True, "epoch 1") is items

@@ -212,3 +212,29 @@ def test_cli_rejects_a_dataset_that_is_neither_name_nor_npz(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["train", "--dataset", "mnist"])
     assert exit_info.value.code == 2 and "PATH.npz" in capsys.readouterr().err
+
+
+def test_pack_images_checks_its_output_before_reading_any_image(tmp_path, capsys):
+    """A folder, a name without .npz, an existing file (left unchanged), a file where a folder should
+    be: one line each, before the images are read; --overwrite replaces an existing file."""
+    _image_folder(tmp_path / "imgs")
+    (tmp_path / "folder.npz").mkdir()
+    (tmp_path / "mine.npz").write_bytes(b"the user's own file")
+    (tmp_path / "afile").write_text("x")
+    cases = {"folder.npz": "is a folder", "packed": "must end in .npz", "mine.npz": "exists already",
+             "afile/sub/out.npz": "is a file, not a folder"}
+    for out, why in cases.items():
+        assert cli_main(["pack-images", str(tmp_path / "imgs"), str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (tmp_path / "mine.npz").read_bytes() == b"the user's own file"
+    assert cli_main(["pack-images", str(tmp_path / "imgs"), str(tmp_path / "mine.npz"), "--overwrite"]) == 0
+    assert data.load(str(tmp_path / "mine.npz")).train_x.shape == (6, 3, 6, 5)
+
+
+def test_an_atomic_write_onto_a_folder_names_the_folder(tmp_path):
+    from tinyitop.atomic import atomic_write
+    (tmp_path / "results.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"cannot write .*results\.csv: it is a folder"):
+        atomic_write(str(tmp_path / "results.csv"), lambda f: f.write(b"x"))
+    assert os.listdir(tmp_path) == ["results.csv"]                  # no partial file left behind

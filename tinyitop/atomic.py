@@ -5,8 +5,30 @@ A killed run, a full disk or Ctrl-C mid-write leaves the previous checkpoint, lo
 import os
 
 
+def check_target(path, overwrite=False, suffix=None):
+    """Refuse, before any work, a file that cannot or must not be written at `path`: a folder, one in
+    a folder that cannot be created or written, the wrong suffix, or (unless `overwrite`) a file that
+    exists already. Raises ValueError or OSError, naming the path."""
+    if suffix and not path.endswith(suffix):
+        raise ValueError(f"{path}: the file to write must end in {suffix}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: give the path of a file to write")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists already: give another path, or --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):          # the nearest folder that exists: where it would be created
+        if os.path.exists(existing):
+            raise NotADirectoryError(f"cannot write {path}: {existing} is a file, not a folder")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: the folder {existing} is not writable")
+
+
 def atomic_write(path, write):
     """Call write(file) on a temporary file, fsync, then rename over `path` (atomic on POSIX)."""
+    if os.path.isdir(path):                     # else the rename fails naming the temporary file
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tinyitop-partial-{os.getpid()}")   # a name no user picks
     try:

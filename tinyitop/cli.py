@@ -261,6 +261,7 @@ def main(argv=None):
     pack_parser = commands.add_parser("pack-images", help="a folder of images -> an .npz data set for --dataset")
     pack_parser.add_argument("folder", help="FOLDER/train/<class>/* and FOLDER/test/<class>/* (PNG or JPEG)")
     pack_parser.add_argument("out", help="the .npz to write, e.g. ~/data/cifar10.npz")
+    pack_parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     pack_parser.add_argument("--normalise-as", choices=("cifar10", "cifar100"), default=None,
                              help="store that data set's reference mean/std (default: computed from the images)")
     args = parser.parse_args(argv)
@@ -277,7 +278,8 @@ def main(argv=None):
                             (ValueError, OSError, SweepFailed))
     if args.command == "pack-images":
         from tinyitop.pack_images import pack
-        return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as), (DatasetError, OSError))
+        return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as, args.overwrite),
+                            (DatasetError, OSError, ValueError))
     return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots),
                         resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
 

@@ -5,6 +5,7 @@ Values are accumulated on the device during an epoch and brought to the host onc
 import json
 import math
 import os
+import sys
 
 try:
     import resource          # Unix only; peak memory is then not reported
@@ -98,3 +99,15 @@ def format_epoch(row):
             f"train {row['train_acc']:.4f}{val}{test}  "
             f"R_s {format_rs(row['rs'])} (reliable {format_rs(row['rs_reliable'])})  "
             f"{row['seconds']:.1f}s  {row['samples_per_s']:.0f} samples/s")
+
+
+def progress(iterable, total, enabled, description, unit="batch"):
+    """A tqdm bar over `iterable` when enabled, tqdm is installed and stderr is a terminal (into a
+    pipe or a file, `| tee` or a job's log, a bar would be hundreds of carriage-return updates)."""
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=description, leave=False, unit=unit)

@@ -14,7 +14,8 @@ import os
 import numpy as np
 
 from tinyitop.data import CIFAR, DatasetError
-from tinyitop.atomic import atomic_write
+from tinyitop.metrics import progress
+from tinyitop.atomic import atomic_write, check_target
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -67,8 +68,7 @@ def _read_split(folder, classes, description):
     first = read_image(files[0][0])
     images = np.empty((len(files),) + first.shape, dtype=np.uint8)      # (N, C, H, W)
     labels = np.array([label for _, label in files], dtype=np.int64)
-    from tqdm import tqdm
-    for i, (path, _) in enumerate(tqdm(files, desc=description, unit="image")):
+    for i, (path, _) in enumerate(progress(files, len(files), True, description, unit="image")):
         image = first if i == 0 else read_image(path)
         if image.shape != first.shape:
             raise DatasetError(f"{path} has shape {image.shape} (C, H, W) but {files[0][0]} has {first.shape}: "
@@ -77,8 +77,9 @@ def _read_split(folder, classes, description):
     return images, labels
 
 
-def pack(folder, out, normalise_as=None):
+def pack(folder, out, normalise_as=None, overwrite=False):
     """Read DIR/train and DIR/test into one .npz at `out`; returns `out`."""
+    check_target(out, overwrite, suffix=".npz")          # before reading 60,000 images, not after
     classes = _class_folders(os.path.join(folder, "train"))
     test_classes = _class_folders(os.path.join(folder, "test"))
     if test_classes != classes:

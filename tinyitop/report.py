@@ -2,31 +2,18 @@
 and summary.json at the end (the best-validation epoch's test accuracy, R_s, FLOPs)."""
 import math
 import os
-import sys
 
 from tinyitop import backend as B
 from tinyitop.config import EXPLORING
 from tinyitop.data import batches
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
-from tinyitop.metrics import format_rs, peak_rss_mb
+from tinyitop.metrics import format_rs, peak_rss_mb, progress
 from tinyitop.rundir import write_json
 from tinyitop.topology import prune_rate_at, sparse_layers
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def progress(iterable, total, enabled, description):
-    """A tqdm bar over `iterable` when enabled, tqdm is installed and stderr is a terminal (into a
-    pipe or a file, `| tee` or a job's log, a bar would be hundreds of carriage-return updates)."""
-    if not enabled or not sys.stderr.isatty():
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=description, leave=False, unit="batch")
 
 
 def evaluate(model, x, y, data, batch_size, show_progress=False, description="evaluating"):

@@ -20,8 +20,8 @@ from tinyitop.data import absent_classes, batches, fingerprint, load, split_vali
 from tinyitop.explore import Exploration
 from tinyitop.losses import accuracy_count
 from tinyitop.methods import LOTTERY_TICKET, build_model, dense_twin, set_up  # noqa: F401  (build_model: for callers of train.py)
-from tinyitop.metrics import JsonLines, format_epoch, format_rs
-from tinyitop.report import (TrainingDiverged, check_finite, epoch_row, evaluate, progress,  # noqa: F401
+from tinyitop.metrics import JsonLines, format_epoch, format_rs, progress
+from tinyitop.report import (TrainingDiverged, check_finite, epoch_row, evaluate,  # noqa: F401
                              summarise, update_row)
 from tinyitop.rundir import RunFolder
 
