@@ -33,7 +33,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop.cli import demo_main  # noqa: E402
 from tinyitop.metrics import format_rs, read_jsonl  # noqa: E402
-from tinyitop.rundir import atomic_write, claim  # noqa: E402
+from tinyitop.atomic import atomic_write  # noqa: E402
+from tinyitop.rundir import claim, record_drawn  # noqa: E402
 from tinyitop.train import Config  # noqa: E402
 
 HIDDEN = 333_333                  # x 3 layers: 999,999 hidden neurons
@@ -111,6 +112,7 @@ def report(config, run):
     path = os.path.join(config.out, "report.md")
     claim(config.out, ["report.md"])                 # refuses to replace a report.md of the user's
     atomic_write(path, lambda f: f.write(text.encode()))
+    record_drawn(config.out, ["report.md"])         # a report.md the user edits later is theirs: never replaced
     print(text + f"report: {path}")
 
 

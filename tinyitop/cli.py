@@ -11,7 +11,7 @@ from tinyitop.init import INIT_METHODS
 from tinyitop.topology import GROWTH_MODES
 from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
-from tinyitop.rundir import claim
+from tinyitop.rundir import claim, record_drawn
 from tinyitop.threads import thread_count
 from tinyitop.train import TrainingInterrupted, train
 
@@ -212,15 +212,16 @@ def run_and_plot(config, plots=True):
         from tinyitop import plots as figures
         pixel_map = config.model == "mlp" and config.method != "dense" and "fc1" in run.exploration.sets
         updated = os.path.exists(os.path.join(config.out, "updates.jsonl"))
-        claim(config.out, ["training.png"] + ["exploration.png"] * pixel_map + ["mask_evolution.png", "mask_evolution.gif"] * updated)
-        print(f"figure: {figures.training(config.out)}")
+        names = ["training.png"] + ["exploration.png"] * pixel_map + ["mask_evolution.png", "mask_evolution.gif"] * updated
+        claim(config.out, names)
+        drawn = [figures.training(config.out)]
         if pixel_map:
-            path = figures.exploration(run.model, run.exploration, run.data.image_shape,
-                                       f"{config.out}/exploration.png", title=figures.run_title(config.out))
+            drawn.append(figures.exploration(run.model, run.exploration, run.data.image_shape,
+                                             f"{config.out}/exploration.png", title=figures.run_title(config.out)))
+        drawn += [path for path in (figures.mask_evolution(config.out), figures.mask_animation(config.out)) if path]
+        record_drawn(config.out, [os.path.basename(path) for path in drawn])     # a later change is the user's
+        for path in drawn:
             print(f"figure: {path}")
-        for evolution in (figures.mask_evolution(config.out), figures.mask_animation(config.out)):
-            if evolution:
-                print(f"figure: {evolution}")
     return run
 
 

@@ -10,7 +10,8 @@ demo's report.md, an LTH run's dense/ twin) into its --out folder. The rules tha
   nothing else. A run-file name in the folder that no manifest accounts for (the user's own
   training.png, say, or a folder without a manifest) is refused in one line, never replaced, unless
   its content shows tinyitop wrote it (logs, checkpoint, summary); a finished run is never wiped by
-  --resume;
+  --resume; the figures and report a run drew are recorded with their content (sha256), so one
+  the user saved under the same name since is refused, never deleted or replaced;
 - what a crash leaves behind is cleaned on the next start: orphan temporary files (named
   .NAME.tinyitop-partial-PID, matched exactly), and a torn last line of a JSON-lines log (dropped
   with a warning on resume);
@@ -18,6 +19,7 @@ demo's report.md, an LTH run's dense/ twin) into its --out folder. The rules tha
 """
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -30,7 +32,8 @@ RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json",
              "training.png", "exploration.png", "mask_evolution.png", "mask_evolution.gif", "report.md")
 RUN_FOLDERS = ("dense",)          # LTH trains its dense twin here
 LOCK_NAME = ".lock"
-MANIFEST_NAME = ".tinyitop-run"    # {"written": [names]}: what this folder's run wrote (may delete)
+MANIFEST_NAME = ".tinyitop-run"    # {"written": [names], "drawn": {name: sha256}}: what this folder's run
+                                   # wrote (may delete), and what its figures and report held when drawn
 RUN_MARKERS = ("metrics.jsonl", "checkpoint.npz", "summary.json")   # a folder with one of these holds a run
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tinyitop-partial-\d+")
 
@@ -103,14 +106,53 @@ def _looks_like_ours(path):
 
 def claim(folder, names):
     """`RunFolder.claim` for files written after the run's folder was closed (its figures, a demo's
-    report): refuses a name that exists and that the manifest does not record, then records it."""
+    report): refuses a name that exists and that the manifest does not record, or whose content
+    changed since tinyitop drew it (the user's own figure in its place), then records it."""
     manifest = _manifest(folder)
     written = manifest.get("written") if isinstance(manifest.get("written"), list) else []
     foreign = [n for n in names if n not in written and os.path.exists(os.path.join(folder, n))]
     if foreign:
         raise RunFolderError(f"{folder} holds {', '.join(foreign)}, which tinyitop did not write: not replaced; "
                              "move it elsewhere and draw the figures again, or choose another --out")
-    write_json(os.path.join(folder, MANIFEST_NAME), {"written": written + [n for n in names if n not in written]})
+    _refuse_changed(folder, [n for n in names if n in written])
+    _write_manifest(folder, written + [n for n in names if n not in written])
+
+
+def record_drawn(folder, names):
+    """After a run's figures or report are written: record what each holds (sha256), so that a file
+    the user puts in its place later is recognised as theirs and never deleted or replaced."""
+    manifest = _manifest(folder)
+    drawn = _drawn(manifest)
+    drawn.update({n: _digest(os.path.join(folder, n)) for n in names})
+    write_json(os.path.join(folder, MANIFEST_NAME), {**manifest, "drawn": drawn})
+
+
+def _drawn(manifest):
+    drawn = manifest.get("drawn")
+    return {n: d for n, d in drawn.items() if isinstance(d, str)} if isinstance(drawn, dict) else {}
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _refuse_changed(folder, names):
+    """Refuse when a drawn file among `names` no longer holds what tinyitop drew."""
+    drawn = _drawn(_manifest(folder))
+    changed = [n for n in names if n in drawn and os.path.isfile(os.path.join(folder, n))
+               and _digest(os.path.join(folder, n)) != drawn[n]]
+    if changed:
+        them = "them" if len(changed) > 1 else "it"
+        raise RunFolderError(f"{folder} holds {', '.join(changed)}, changed since tinyitop drew {them}: not deleted or "
+                             f"replaced; if yours, move {them} elsewhere (or delete {them} to let a run draw {them} "
+                             "again), or choose another --out")
+
+
+def _write_manifest(folder, written):
+    """The manifest with `written`, keeping the drawn records of the names still written."""
+    drawn = {n: d for n, d in _drawn(_manifest(folder)).items() if n in written}
+    write_json(os.path.join(folder, MANIFEST_NAME), {"written": written, **({"drawn": drawn} if drawn else {})})
 
 
 class RunFolder:
@@ -152,9 +194,10 @@ class RunFolder:
                                  f"(not in {MANIFEST_NAME}) and a run could replace: if yours, move {them} elsewhere; "
                                  f"if an older tinyitop drew {them} (it kept no such record), delete {them}; or choose "
                                  "another --out")
+        _refuse_changed(self.out, [n for n in existing if n in owned])
         if resume and os.path.exists(self.checkpoint):
             self._written = [n for n in existing if n in owned]
-            write_json(self.path(MANIFEST_NAME), {"written": self._written})
+            _write_manifest(self.out, self._written)
             return True
         if existing and not (overwrite or resume):
             hint = "--resume to continue it or " if os.path.exists(self.checkpoint) else ""
@@ -172,7 +215,7 @@ class RunFolder:
             target = self.path(name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
         self._written = kept
-        write_json(self.path(MANIFEST_NAME), {"written": self._written})
+        _write_manifest(self.out, self._written)
         if resume:
             log(f"--resume: no checkpoint in {self.out}, starting from scratch")
         return False
@@ -182,7 +225,7 @@ class RunFolder:
         remove it); a no-op once recorded. `open` has already refused any such file of the user's."""
         if name not in self._written:
             self._written = self._written + [name]
-            write_json(self.path(MANIFEST_NAME), {"written": self._written})
+            _write_manifest(self.out, self._written)
 
     def _owned(self):
         """Names in this folder that a tinyitop run wrote: those its manifest records as written;
