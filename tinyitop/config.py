@@ -134,6 +134,9 @@ class Config:
             problems.append(f"settings must be finite numbers: {', '.join(not_finite)}")
         elif self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             problems.append("need lr > 0, weight decay >= 0 and momentum in [0, 1)")
+        elif self.lr * self.weight_decay >= 1:       # each step would scale every weight by 1 - lr wd <= 0
+            problems.append(f"weight decay {self.weight_decay:g} with lr {self.lr:g}: lr x weight decay must be < 1, "
+                            "else each step flips every weight's sign and the run blows up")
         if self.limit_train is not None and self.limit_train < 2:
             problems.append(f"limit_train must be >= 2, got {self.limit_train}")
         if not 0 <= self.val_fraction < 1:
@@ -220,4 +223,5 @@ def check_memory(config, data):
     if available is not None and need > available:
         raise ValueError(f"this model needs about {need / 2 ** 30:.1f} GiB to train ({dense_numel:,} weights, method "
                          f"{config.method}), more than the {available / 2 ** 30:.1f} GiB this process can still get "
-                         "(free memory, and its ulimit -v): use smaller layers or a higher sparsity")
+                         "(free memory, and its ulimit -v): use smaller layers (--hidden, or --width for a conv net) or a "
+                         "higher --sparsity")

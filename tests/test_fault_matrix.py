@@ -1,0 +1,90 @@
+"""The fault matrix, generated from the code's own parsers and readers so that a new option, key or
+field is covered without anyone listing it (issue: "checked by construction, not by case").
+
+Each case must end in a normal run (here: training is reached, then stopped) or in exit status 2
+with one `error:` line naming the option or file, and no traceback; nothing of the user's changes.
+"""
+import argparse
+import hashlib
+import os
+
+import pytest
+
+from tinyitop import cli
+from tinyitop import train as train_module
+
+BASE = ["--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1", "--batch-size", "16",
+        "--no-progress", "--no-plots"]
+BAD_NUMBERS = ["-1", "0", "1e300", "99999999999999999999", "nan", "inf", "abc", ""]
+
+
+class Started(Exception):
+    """A first epoch was trained, evaluated, logged and checkpointed, and the run would go on."""
+
+
+def _train_options():
+    """Every option of `python -m tinyitop train` that takes a value, from the parser itself."""
+    parser = cli._Parser(prog="python -m tinyitop train")
+    cli.add_train_arguments(parser)
+    return [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
+
+
+def _hash_tree(folder):
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name != ".lock":
+                with open(os.path.join(root, name), "rb") as f:
+                    digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def _run(argv, capsys, monkeypatch):
+    """(exit status or "started", stderr) of the train command: a run goes through its first epoch
+    (trained, evaluated, logged, checkpointed) and stops there if it has more; a traceback fails the test."""
+    end_epoch = train_module._end_epoch
+
+    def first_epoch_only(config, folder, run, *args):
+        end_epoch(config, folder, run, *args)
+        if run.state["epoch"] < config.total_epochs:
+            raise Started
+    monkeypatch.setattr(train_module, "_end_epoch", first_epoch_only)
+    try:
+        code = cli.main(argv)
+    except Started:
+        code = "started"
+    except SystemExit as stop:            # argparse's own refusals (our _Parser: one line, status 2)
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def _cases():
+    cases = []
+    for action in _train_options():
+        option = action.option_strings[0]
+        values = list(action.choices) + ["not-a-choice"] if action.choices else BAD_NUMBERS
+        if action.type in (None, str) and not action.choices:
+            values = ["", "x" * 300, "nan"]
+        cases += [(option, value) for value in values]
+    return cases
+
+
+@pytest.mark.parametrize("option, value", _cases(), ids=[f"{o}={v[:12]}" for o, v in _cases()])
+def test_every_train_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, capsys, monkeypatch, option, value):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "run")] if option != "--out" else []
+    narrow = ["--width", "0.0625"] if option == "--model" and value not in ("mlp", "not-a-choice") else []  # seconds
+    code, err = _run(["train", *BASE, *out, *narrow, option, value], capsys, monkeypatch)
+    assert "Traceback" not in err
+    if code not in ("started", 0):                               # else: a normal run
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+        names = (option, option[2:], option[2:].replace("-", "_"), option[2:].replace("-", " "))
+        assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
+
+
+def test_the_matrix_covers_every_train_option():
+    """A new option joins the matrix by being added to the parser: nothing here lists them."""
+    options = {o for a in _train_options() for o in a.option_strings}
+    assert {"--epochs", "--lr", "--sparsity", "--update-interval", "--width", "--out"} <= options
+    assert all(isinstance(a, argparse.Action) for a in _train_options())
