@@ -403,7 +403,7 @@ def test_malformed_sweep_configs_name_the_file(tmp_path, capsys, text, fragment)
 def test_divergence_says_what_works(tmp_path):
     from tinyitop.train import TrainingDiverged
     with pytest.raises(TrainingDiverged) as first_epoch, np.errstate(all="ignore"):
-        train(_config(tmp_path, lr=1e6, method="dense", growth=None, sparsity=0.0, epochs=50), log=lambda *_: None)
+        train(_config(tmp_path, lr=1e6, weight_decay=9e-7, method="dense", growth=None, sparsity=0.0, epochs=50), log=lambda *_: None)
     message = str(first_epoch.value)
     assert "no checkpoint was written yet" in message and "checkpoint.npz" not in message
     assert "--overwrite" in message and "--resume continues only the same settings" in message

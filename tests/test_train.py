@@ -125,7 +125,7 @@ def test_a_nan_evaluation_loss_stops_the_run_instead_of_reporting_an_accuracy(tm
 
 def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     with pytest.raises(TrainingDiverged, match="lower --lr"), np.errstate(all="ignore"):  # overflow is the point
-        train(_config(tmp_path, lr=1e6, method="dense", growth=None, sparsity=0.0, epochs=50))
+        train(_config(tmp_path, lr=1e6, weight_decay=9e-7, method="dense", growth=None, sparsity=0.0, epochs=50))
 
 
 @pytest.mark.parametrize("overrides,reason", [

@@ -66,7 +66,28 @@ def read_meta(path):
             isinstance(state.get(k), int) and state[k] >= 0 for k in ("epoch", "step")):
         raise CheckpointError(f"cannot resume from {path}: its settings or loop state are missing or invalid "
                               "(config, epoch, step). Move it away and start again with --overwrite")
+    bad = [k for k, kinds in STATE_FIELDS.items() if k not in state or isinstance(state[k], bool)
+           or not isinstance(state[k], kinds)] + [k for k in ("backend_rng", "data_rng") if not _is_rng_state(meta.get(k))]
+    if not bad and (state["best_epoch"] is None) != (state["best_test_acc"] is None):   # chosen together
+        bad = ["best_epoch", "best_test_acc"]
+    if bad:
+        raise CheckpointError(f"cannot resume from {path}: its loop state is damaged ({', '.join(bad)} missing or "
+                              "invalid). Move it away and start again with --overwrite")
     return meta
+
+
+# The loop state a checkpoint holds besides epoch and step (train.py's state), and its JSON types.
+STATE_FIELDS = {"best_val_acc": (int, float), "best_epoch": (int, type(None)), "best_test_acc": (int, float, type(None)),
+                "train_flops": (int, float), "dense_train_flops": (int, float)}
+
+
+def _is_rng_state(state):
+    """Whether `state` is a random generator's state that can be restored (a PCG64's, as saved)."""
+    try:
+        np.random.PCG64().state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
 
 
 def _sorted_positions(path, what, positions, numel):

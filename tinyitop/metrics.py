@@ -24,12 +24,37 @@ def _clean(value):
     return value
 
 
+NUMBER, OPTIONAL_NUMBER = (int, float), (int, float, type(None))
+# What the readers of each log use from a row (resume, summary, figures, sweeps), and its JSON type:
+# a row read back is checked against it, so a damaged row is one line naming the file, not a crash.
+EPOCH_FIELDS = {"epoch": int, "iteration": int, "lr": NUMBER, "prune_rate": NUMBER, "train_loss": NUMBER,
+                "train_acc": NUMBER, "val_loss": OPTIONAL_NUMBER, "val_acc": OPTIONAL_NUMBER, "test_loss": NUMBER,
+                "test_acc": NUMBER, "rs": NUMBER, "rs_reliable": NUMBER, "train_flops_rel": NUMBER,
+                "test_flops_rel": NUMBER, "nnz_per_layer": dict, "density_per_layer": dict, "rs_per_layer": dict,
+                "rs_reliable_per_layer": dict}
+UPDATE_FIELDS = {"iteration": int, "epoch": int, "prune_rate": NUMBER, "rs": NUMBER, "rs_reliable": NUMBER,
+                 "rs_per_layer": dict}
+
+
+def check_row(row, fields, where, remedy="use --overwrite to start the run again"):
+    """Raise ValueError naming `where` (file and line) when a row is not a dict with `fields`."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is not a JSON object: the file is damaged; {remedy}")
+    for name, kinds in fields.items():
+        value = row.get(name, KeyError)
+        if value is KeyError or isinstance(value, bool) or not isinstance(value, kinds) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            what = "has no" if value is KeyError else f"has a bad value ({json.dumps(value)[:40]}) for"
+            raise ValueError(f"{where} {what} {name!r}: the file is damaged; {remedy}")
+
+
 class JsonLines:
     """A JSON-lines log: one row per line, appended and fsynced. `before_create` runs before the file
-    is first created (the run folder records it as the run's)."""
+    is first created (the run folder records it as the run's); `fields`, if given, is what every row
+    read back must hold (check_row)."""
 
-    def __init__(self, path, before_create=None):
-        self.path, self.before_create = path, before_create
+    def __init__(self, path, before_create=None, fields=None):
+        self.path, self.before_create, self.fields = path, before_create, fields
 
     def append(self, row):
         if self.before_create is not None and not os.path.exists(self.path):
@@ -51,22 +76,24 @@ class JsonLines:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
                 if drop_torn_last and number == len(lines):
                     log(f"warning: dropped the torn last line of {self.path} (written when a run was killed)")
                     break
-                raise ValueError(f"{self.path} line {number} is not valid JSON ({err.msg}); "
+                why = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                raise ValueError(f"{self.path} line {number} is not valid JSON ({why}); "
                                  f"remove that line, or use --overwrite to start the run again") from None
+            if self.fields is not None:
+                check_row(row, self.fields, f"{self.path} line {number}")
+            rows.append(row)
         return rows
 
-    def truncate(self, keep, log=print):
-        """Keep only rows for which keep(row) is true (on resume: drop rows after the checkpoint). A
-        log not yet written stays unwritten: only `append` creates the file, after `before_create`."""
-        if not os.path.exists(self.path):
-            return
-        rows = [row for row in self.read(drop_torn_last=True, log=log) if keep(row)]
-        atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
+    def rewrite(self, rows):
+        """Replace the log by `rows` (on resume: without the rows after the checkpoint). A log not yet
+        written stays unwritten: only `append` creates the file, after `before_create`."""
+        if os.path.exists(self.path):
+            atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
 
 
 def read_jsonl(path):

@@ -41,7 +41,8 @@ def run_title(run_dir):
         return os.path.basename(os.path.normpath(run_dir))
     data = os.path.splitext(os.path.basename(c["dataset"]))[0]
     method = c["method"] + (f" ({c['growth']} growth)" if c.get("growth") else "")
-    sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']:.6g}, {c['init']}"
+    layout = {"erk": "ERK", "er": "ER", "uniform": "uniform"}.get(c["init"], c["init"])
+    sparse = "" if c["method"] == "dense" else f", sparsity {c['sparsity']:.6g} ({layout} layer densities)"
     exploring = c["method"] in ("set", "rigl", "snip-set", "lth-set", "gmp")
     interval = f", Delta T {c['update_interval']}" if exploring else ""
     hidden = ("-".join(str(h) for h in c["hidden"]) if c["model"] == "mlp"
@@ -89,7 +90,7 @@ def training(run_dir, path=None):
     rs_ax.set(xlabel="epoch", ylabel="explored fraction of all weights", title="ITOP rate R_s")
     rs_ax.legend(fontsize=8)
     rs_ax.grid(alpha=0.3)
-    p_ax.set(xlabel="epoch", ylabel="fraction of nnz pruned and regrown", title="Prune rate at each update")
+    p_ax.set(xlabel="epoch", ylabel="fraction of active weights pruned and regrown", title="Prune rate at each update")
     p_ax.grid(alpha=0.3)
     fig.suptitle(run_title(run_dir), fontsize=11)
     fig.tight_layout()
@@ -125,10 +126,10 @@ def exploration(model, exploration_state, image_shape, path, layer_name="fc1", t
     for ax, values, label in ((axes[0], now, "active now"), (axes[1], ever, "ever explored")):
         # Each map has its own scale: at high sparsity "active now" is far below "ever explored".
         image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(float(values.max()), 1e-12))
-        ax.set_title(f"{layer_name}: {label}\n(mean {format_rs(values.mean())} of a pixel's {possible} connections)",
-                     fontsize=10)
+        ax.set_title(f"{layer_name}: {label}\n(mean {format_rs(values.mean())} of the {possible} weights from each "
+                     f"input pixel into {layer_name})", fontsize=10)
         ax.axis("off")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the pixel's connections")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"fraction of a pixel's {possible} weights into {layer_name}")
     names = [n for n in layers if layers[n].weight.density < 1]          # what can be explored
     dense = [n for n in layers if n not in names]
     active = [layers[n].weight.density for n in names]
@@ -181,8 +182,8 @@ def mask_evolution(run_dir, path=None, panels=6):
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']} rows 0-{rows - 1}", fontsize=9)
-    axes[0][0].set_xlabel(f"inputs 0-{cols - 1}", fontsize=9)
+    axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']}: output units 0-{rows - 1}", fontsize=9)
+    axes[0][0].set_xlabel(f"input units 0-{cols - 1}", fontsize=9)
     shown = ", ".join(str(updates.index(u) + 1) for u in chosen)
     fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']}, top-left {rows}x{cols} of its mask after updates "
                  f"{shown} of {len(updates)}: black active, orange grown at that update, grey active after an "
@@ -226,7 +227,7 @@ def mask_animation(run_dir, path=None, max_frames=60, fps=4):
     mask_ax.set_xticks([])
     mask_ax.set_yticks([])
     rows, cols = updates[0]["crop_shape"]
-    mask_ax.set_xlabel(f"{updates[0]['crop_layer']}: inputs 0-{cols - 1} (rows 0-{rows - 1})\nblack active, orange "
+    mask_ax.set_xlabel(f"{updates[0]['crop_layer']}: input units 0-{cols - 1} (x), output units 0-{rows - 1} (y)\nblack active, orange "
                        "just grown, grey explored", fontsize=8)
     curves = {}
     for key, label, color in (("rs", "R_s", "tab:blue"), ("rs_reliable", "reliable R_s", "tab:green")):

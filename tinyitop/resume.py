@@ -31,13 +31,16 @@ def restore(folder, setup, data_rng, metrics, updates, log):
     setup.flops.refresh()
     setup.flops.train_flops, setup.flops.dense_train_flops = state["train_flops"], state["dense_train_flops"]
     data_rng.bit_generator.state = meta["data_rng"]
-    metrics.truncate(lambda row: row["epoch"] <= state["epoch"], log)
-    updates.truncate(lambda row: row["iteration"] <= state["step"], log)
-    logged = [row.get("epoch") for row in metrics.read()]
+    # Both logs are read and checked before either is rewritten: a refusal leaves them as they were.
+    epochs = [row for row in metrics.read(drop_torn_last=True, log=log) if row["epoch"] <= state["epoch"]]
+    steps = [row for row in updates.read(drop_torn_last=True, log=log) if row["iteration"] <= state["step"]]
+    logged = [row["epoch"] for row in epochs]
     if logged != list(range(1, state["epoch"] + 1)):     # every epoch the checkpoint holds, once, in order
         raise ValueError(f"--resume: {metrics.path} holds epochs {_ranges(logged)} but {folder.checkpoint} is "
                          f"after epoch {state['epoch']}: the log has lost or repeated rows, so the run's record "
                          "would be wrong. Start again with --overwrite (or another --out)")
+    metrics.rewrite(epochs)
+    updates.rewrite(steps)
     log(f"resumed from {folder.checkpoint} after epoch {state['epoch']} (iteration {state['step']})")
     return state
 

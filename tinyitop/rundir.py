@@ -81,7 +81,7 @@ def _manifest(folder):
     try:
         with open(os.path.join(folder, MANIFEST_NAME)) as f:
             manifest = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
 
@@ -99,7 +99,7 @@ def _looks_like_ours(path):
         if name == "checkpoint.npz":
             read_meta(path)
             return True
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
     return False
 
@@ -150,9 +150,13 @@ def _refuse_changed(folder, names):
 
 
 def _write_manifest(folder, written):
-    """The manifest with `written`, keeping the drawn records of the names still written."""
-    drawn = {n: d for n, d in _drawn(_manifest(folder)).items() if n in written}
-    write_json(os.path.join(folder, MANIFEST_NAME), {"written": written, **({"drawn": drawn} if drawn else {})})
+    """The manifest with `written`, keeping the drawn records of the names still written (not
+    rewritten when that is what it holds already: a refused command leaves the folder as it was)."""
+    old = _manifest(folder)
+    drawn = {n: d for n, d in _drawn(old).items() if n in written}
+    new = {"written": written, **({"drawn": drawn} if drawn else {})}
+    if new != old:
+        write_json(os.path.join(folder, MANIFEST_NAME), new)
 
 
 class RunFolder:
@@ -196,7 +200,10 @@ class RunFolder:
                                  "another --out")
         _refuse_changed(self.out, [n for n in existing if n in owned])
         if resume and os.path.exists(self.checkpoint):
-            self._written = [n for n in existing if n in owned]
+            recorded = _manifest(self.out).get("written")
+            recorded = recorded if isinstance(recorded, list) else []
+            self._written = [n for n in recorded if n in existing and n in owned] + [
+                n for n in existing if n in owned and n not in recorded]      # the manifest's order kept
             _write_manifest(self.out, self._written)
             return True
         if existing and not (overwrite or resume):

@@ -163,7 +163,8 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     unfinished = {run_id: what for run_id, what, _ in states if what != "done" and run_id not in failed}
     done = len(commands) - len(unfinished) - len(failed)
     if not done:
-        raise SweepFailed(f"none of the {len(commands)} runs in {folder} has finished yet: nothing to gather "
+        first = next((f" ({run_id}: {detail})" for run_id, what, detail in states if detail), "")
+        raise SweepFailed(f"none of the {len(commands)} runs in {folder} has finished yet{first}: nothing to gather "
                           "(run the sweep without --aggregate/--status to train them)")
     rows = aggregate(spec, folder, commands, {**failed, **unfinished})
     if shard is not None and not (aggregate_only or status):

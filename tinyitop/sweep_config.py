@@ -13,6 +13,7 @@ import sys
 
 from tinyitop import checkpoint
 from tinyitop.config import Config, changed_settings
+from tinyitop.metrics import NUMBER, OPTIONAL_NUMBER, check_row
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
@@ -35,6 +36,8 @@ def load_config(path, full=False):
             spec = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a sweep config: its JSON is nested too deeply") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}): "
                          "save it as UTF-8") from None
@@ -133,7 +136,8 @@ def check_not_stale(folder, runs):
             stale.append(f"{run_id} ({', '.join(changed)})")
     if stale:
         raise ValueError(f"{len(stale)} run folder(s) under {folder} were trained with other settings than the "
-                         f"config now gives: {stale[0]}{' and more' if len(stale) > 1 else ''}. Use another --root "
+                         f"config now gives (so says their summary.json or checkpoint.npz): {stale[0]}"
+                         f"{' and more' if len(stale) > 1 else ''}. Use another --root "
                          "(or move those folders away) so that old results are not reported as new")
 
 
@@ -179,16 +183,26 @@ def train_command(settings, out):
     return args
 
 
+# What the sweep reads from a run's summary.json (its settings and the table's metrics), and the JSON types.
+SUMMARY_FIELDS = {"config": dict, **{m: OPTIONAL_NUMBER for m in METRICS if m != "generalization_gap"},
+                  "final_train_acc": NUMBER, "last_test_acc": NUMBER, "final_rs": NUMBER}
+
+
 def finished_summary(folder, run_id):
     """A finished run's summary.json, or None: absent, or torn (a crash mid-write, a full disk), in
-    which case the run is not finished: rerunning its command resumes the checkpoint and rewrites it."""
+    which case the run is not finished: rerunning its command resumes the checkpoint and rewrites it.
+    One that reads but lacks what the sweep needs is an error naming it."""
+    path = os.path.join(folder, run_id, "summary.json")
     try:
-        with open(os.path.join(folder, run_id, "summary.json")) as f:
+        with open(path) as f:
             summary = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    keys = ("config", "final_train_acc", "last_test_acc", "final_rs")
-    return summary if isinstance(summary, dict) and all(k in summary for k in keys) else None
+    except RecursionError:
+        summary = None
+    check_row(summary, SUMMARY_FIELDS, path, remedy="move it away and run the sweep again: that run then resumes "
+              "from its checkpoint and writes it anew")
+    return summary
 
 
 

@@ -62,7 +62,9 @@ def run_states(folder, commands, stale_after=claims.STALE_AFTER_SECONDS):
             states.append((run_id, "failed", f"exit {failure.get('exit')}: {failure.get('error')}"))
         except (OSError, ValueError):
             started = os.path.exists(os.path.join(run_folder, "checkpoint.npz"))
+            torn = os.path.exists(os.path.join(run_folder, "summary.json"))       # there, but not JSON
             states.append((run_id, "not started" if not started else "stopped", "" if not started else
+                           "its summary.json is torn: the next sweep resumes the run and writes it again" if torn else
                            "has a checkpoint: the next sweep resumes it"))
     return states
 

@@ -20,7 +20,7 @@ from tinyitop.data import absent_classes, batches, fingerprint, load, split_vali
 from tinyitop.explore import Exploration
 from tinyitop.losses import accuracy_count
 from tinyitop.methods import LOTTERY_TICKET, build_model, dense_twin, set_up  # noqa: F401  (build_model: for callers of train.py)
-from tinyitop.metrics import JsonLines, format_epoch, format_rs, progress
+from tinyitop.metrics import EPOCH_FIELDS, UPDATE_FIELDS, JsonLines, format_epoch, format_rs, progress
 from tinyitop.report import (TrainingDiverged, check_finite, epoch_row, evaluate,  # noqa: F401
                              summarise, update_row)
 from tinyitop.rundir import RunFolder
@@ -74,17 +74,20 @@ class TrainingInterrupted(Exception):
 def train(config, log=print, on_epoch_end=None):
     """Run one experiment; returns a Run (its summary is also written to OUT/summary.json)."""
     config.validate()
+    data = load(config.dataset, config.data_dir)       # data and memory checked before OUT is touched:
+    splits = _split(config, data)                      # a refusal leaves no folder behind
+    check_memory(config, data)
     folder = RunFolder(config.out)
     try:
         resuming = folder.open(config.resume, config.overwrite, log)
-        return _train(config, folder, resuming, log, on_epoch_end)
+        return _train(config, folder, resuming, (data, *splits), log, on_epoch_end)
     finally:
         folder.close()        # releases the lock on OUT
 
 
-def _train(config, folder, resuming, log, on_epoch_end):
-    """Data, method set-up and resume, then the epochs: train_epoch, evaluation, logs, checkpoint."""
-    run = _start(config, folder, resuming, log)
+def _train(config, folder, resuming, data, log, on_epoch_end):
+    """Method set-up and resume, then the epochs: train_epoch, evaluation, logs, checkpoint."""
+    run = _start(config, folder, resuming, data, log)
     try:
         for epoch in range(run.state["epoch"], config.total_epochs):
             run.setup.optimizer.lr = run.setup.lr_at(epoch)
@@ -120,12 +123,11 @@ class _Session:
     state: dict             # epoch, step, best validation, FLOPs: what the last checkpoint holds
 
 
-def _start(config, folder, resuming, log):
-    """Load and split the data, set up the method, and restore the checkpoint when resuming."""
+def _start(config, folder, resuming, data, log):
+    """Set up the method on the loaded data (data, train split, validation split), and restore the
+    checkpoint when resuming."""
     B.seed(config.seed)
-    data = load(config.dataset, config.data_dir)
-    train_set, val_set = _split(config, data)
-    check_memory(config, data)
+    data, train_set, val_set = data
     data_hash = fingerprint(data)
     if resuming:
         resume.check_resumable(folder, config, data_hash, config.steps_per_epoch(len(train_set[0])))
@@ -137,8 +139,8 @@ def _start(config, folder, resuming, log):
         checkpoint.save_parameters(folder.path("init.npz"), setup.model)   # for LTH's rewind
     augment = data.augment if config.augment is None else config.augment
     data_rng = np.random.default_rng(config.seed)
-    metrics, updates = (JsonLines(folder.path(name), lambda name=name: folder.claim(name))
-                        for name in ("metrics.jsonl", "updates.jsonl"))
+    metrics, updates = (JsonLines(folder.path(name), lambda name=name: folder.claim(name), fields)
+                        for name, fields in (("metrics.jsonl", EPOCH_FIELDS), ("updates.jsonl", UPDATE_FIELDS)))
     state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "best_epoch": None, "best_test_acc": None,
              "train_flops": 0.0, "dense_train_flops": 0.0}
     if resuming:
