@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import os
 
+import numpy as np
 import pytest
 
 from tinyitop import cli
@@ -78,6 +79,60 @@ def test_every_train_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, ca
     assert "Traceback" not in err
     if code not in ("started", 0):                               # else: a normal run
         lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+        names = (option, option[2:], option[2:].replace("-", "_"), option[2:].replace("-", " "))
+        assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
+
+
+def _subcommand_options(name):
+    """Every option that takes a value of a subcommand of `python -m tinyitop`, from its parser."""
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return [a for a in sub._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
+
+
+def _other_cases():
+    cases = []
+    for command in ("sweep", "pack-images"):
+        for action in _subcommand_options(command):
+            values = list(action.choices) + ["not-a-choice"] if action.choices else BAD_NUMBERS
+            cases += [(command, action.option_strings[0], value) for value in values]
+    return cases
+
+
+SWEEP = {"name": "tiny", "title": "tiny", "reduced": {"base": {"dataset": "synthetic", "hidden": [8], "epochs": 1,
+                                                               "limit_train": 64, "batch_size": 16},
+                                                      "grid": {"seed": [0]}}}
+
+
+@pytest.mark.parametrize("command, option, value", _other_cases(), ids=[f"{c}{o}={v[:12]}" for c, o, v in _other_cases()])
+def test_every_sweep_and_pack_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, capsys, monkeypatch, command,
+                                                                            option, value):
+    """The sweep's options on a sweep that is asked only for its status (no training), pack-images' on
+    a folder of 4 images: each bad value is one line naming the option, or the command works."""
+    import json
+    monkeypatch.chdir(tmp_path)
+    if command == "sweep":
+        (tmp_path / "tiny.json").write_text(json.dumps(SWEEP))
+        root = [] if option == "--root" else ["--root", str(tmp_path / "runs")]
+        mode = "--slurm" if option in {o for a in _subcommand_options("sweep") for o in a.option_strings
+                                       if a.container.title == "cluster"} else "--status"
+        argv = ["sweep", str(tmp_path / "tiny.json"), *root, mode, option, value]
+    else:
+        import matplotlib.image
+        for split in ("train", "test"):
+            for label in ("a", "b"):
+                (tmp_path / "imgs" / split / label).mkdir(parents=True)
+                matplotlib.image.imsave(tmp_path / "imgs" / split / label / "0.png", np.zeros((4, 4, 3), np.uint8))
+        argv = ["pack-images", str(tmp_path / "imgs"), str(tmp_path / "out.npz"), option, value]
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code == 2 and lines and "nothing to gather" in lines[-1]:
+        code = 0                             # the status of a sweep never run: the options were accepted
+    if code != 0:
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
         names = (option, option[2:], option[2:].replace("-", "_"), option[2:].replace("-", " "))
         assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"

@@ -229,6 +229,28 @@ def main(argv=None):
     prepare_process()
     if _exit_status(check_environment):      # a bad TINYITOP_BACKEND or TINYITOP_THREADS stops here, in one line
         return 2
+    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.command == "sweep":
+        from tinyitop.sweep import SweepFailed, claim_timeout, parse_shard, run as run_sweep
+        again = shlex.join(["python", "-m", "tinyitop"] + argv)
+        slurm = (dict(partition=args.partition, time_limit=args.time, gpus=args.gpus, mem=args.mem,
+                      cpus=args.cpus_per_task) if args.slurm else None)
+        return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers, args.print_commands,
+                                              args.aggregate, args.dataset, again,
+                                              parse_shard(args.shard) if args.shard else None, args.status, slurm,
+                                              claim_timeout(args.claim_timeout)),
+                            (ValueError, OSError, SweepFailed))
+    if args.command == "pack-images":
+        from tinyitop.pack_images import pack
+        return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as, args.overwrite),
+                            (DatasetError, OSError, ValueError))
+    return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots),
+                        resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
+
+
+def build_parser():
+    """`python -m tinyitop`'s parser: the train, sweep and pack-images subcommands and their options."""
     parser = _Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -265,24 +287,7 @@ def main(argv=None):
     pack_parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)")
     pack_parser.add_argument("--normalise-as", choices=("cifar10", "cifar100"), default=None,
                              help="store that data set's reference mean/std (default: computed from the images)")
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if args.command == "sweep":
-        from tinyitop.sweep import SweepFailed, claim_timeout, parse_shard, run as run_sweep
-        again = shlex.join(["python", "-m", "tinyitop"] + argv)
-        slurm = (dict(partition=args.partition, time_limit=args.time, gpus=args.gpus, mem=args.mem,
-                      cpus=args.cpus_per_task) if args.slurm else None)
-        return _exit_status(lambda: run_sweep(args.config, args.root, args.full, args.workers, args.print_commands,
-                                              args.aggregate, args.dataset, again,
-                                              parse_shard(args.shard) if args.shard else None, args.status, slurm,
-                                              claim_timeout(args.claim_timeout)),
-                            (ValueError, OSError, SweepFailed))
-    if args.command == "pack-images":
-        from tinyitop.pack_images import pack
-        return _exit_status(lambda: pack(args.folder, args.out, args.normalise_as, args.overwrite),
-                            (DatasetError, OSError, ValueError))
-    return _exit_status(lambda: run_and_plot(config_from_args(args), plots=not args.no_plots),
-                        resume_command=_resume_command(["python", "-m", "tinyitop"], argv))
+    return parser
 
 
 def default_out(paper, dataset, quick):

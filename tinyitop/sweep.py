@@ -133,8 +133,10 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     (I, N) keeps this process to every N-th run (default: a Slurm array task's, else all). Raises
     SweepFailed if runs failed or none finished, KeyboardInterrupt (saying how to continue,
     `continue_command`) on Ctrl-C."""
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be between 1 and {MAX_WORKERS} (parallel runs, a process each), got {workers}")
+    if slurm is not None:
+        check_slurm_options(**slurm)
     spec, preset = load_config(config_path, full)
     folder = os.path.abspath(os.path.join(root, spec["name"] + ("-full" if full else "")))
     if dataset is not None:
@@ -278,6 +280,19 @@ def _run_all(spec, folder, commands, workers, continue_command=None, stale_after
                                 f"kept their last checkpoint. Continue with: {how}") from None
     pool.shutdown(wait=True)
     return failed
+
+
+MAX_WORKERS = 256
+
+
+def check_slurm_options(partition=None, time_limit=None, gpus=None, mem=None, cpus=1):
+    """--slurm's options go into #SBATCH lines: one word each (no space or line break), cores >= 1."""
+    if cpus < 1:
+        raise ValueError(f"--cpus-per-task must be at least 1, got {cpus}")
+    for option, value in (("--partition", partition), ("--time", time_limit), ("--gpus", gpus), ("--mem", mem)):
+        if value is not None and (not value or any(c.isspace() for c in value) or not value.isprintable()):
+            raise ValueError(f"{option} {value!r}: give one word for its #SBATCH line (e.g. --time 2:00:00, "
+                             "--mem 8G), no spaces")
 
 
 def write_slurm_script(config_path, root, full, dataset, folder, n_runs, partition=None, time_limit=None,
