@@ -170,7 +170,7 @@ def test_aggregate_with_unfinished_runs_fails_and_names_them(tmp_path, capsys):
     assert "seed=1" in (tmp_path / "runs" / "dup" / "results.md").read_text()
 
 
-@pytest.mark.parametrize("args, fragment", [(["--workers", "-3"], "--workers must be at least 1")])
+@pytest.mark.parametrize("args, fragment", [(["--workers", "-3"], "--workers must be between 1 and 256")])
 def test_bad_sweep_options_are_one_line(tmp_path, capsys, args, fragment):
     code, err = _cli(capsys, ["sweep", _spec(tmp_path, grid={"seed": [0]}), "--root", str(tmp_path / "r"), *args])
     assert code == 2 and len(err) == 1 and fragment in err[0]
