@@ -5,8 +5,6 @@ Each case must end in a normal run (here: training is reached, then stopped) or 
 with one `error:` line naming the option or file, and no traceback; nothing of the user's changes.
 """
 import argparse
-import hashlib
-import os
 
 import numpy as np
 import pytest
@@ -28,16 +26,6 @@ def _train_options():
     parser = cli._Parser(prog="python -m tinyitop train")
     cli.add_train_arguments(parser)
     return [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
-
-
-def _hash_tree(folder):
-    digests = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name != ".lock":
-                with open(os.path.join(root, name), "rb") as f:
-                    digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
-    return digests
 
 
 def _run(argv, capsys, monkeypatch):

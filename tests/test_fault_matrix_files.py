@@ -7,15 +7,14 @@ Each case must end in a normal run, or in exit status 2 with one `error:` line n
 traceback, and the run folder byte for byte as it was.
 """
 import functools
-import hashlib
 import json
-import os
 import shutil
 import zipfile
 
 import numpy as np
 import pytest
 
+from folder_digest import tree_digest
 from tinyitop import cli
 
 RUN = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
@@ -54,20 +53,10 @@ def _mutate(document, path, value):
     return json.dumps(document)
 
 
-def _tree(folder):
-    digests = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name != ".lock":
-                with open(os.path.join(root, name), "rb") as f:
-                    digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
-    return digests
-
-
 def _check(argv, named, folder, capsys):
     """Run a command: None for a normal run or one error line naming `named` with the folder
     unchanged; else what went wrong (a traceback's exception, several lines, an unnamed file...)."""
-    before = _tree(folder)
+    before = tree_digest(folder)
     try:
         code = cli.main(argv)
     except SystemExit as stop:
@@ -83,7 +72,7 @@ def _check(argv, named, folder, capsys):
         return f"exit {code}: {err[:300]}"
     if named not in lines[0]:
         return f"the error does not name {named}: {lines[0][:300]}"
-    after = _tree(folder)
+    after = tree_digest(folder)
     if after != before:
         changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
         return f"a refused command changed the folder ({', '.join(changed)}): {lines[0][:150]}"

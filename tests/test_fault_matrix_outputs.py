@@ -2,7 +2,6 @@
 exist yet, a folder, an existing file of the user's (with and without the expected extension), and a
 path under a file. Each: the command works and writes where it says, or one `error:` line naming the
 path; a user's file is never changed."""
-import hashlib
 import importlib.util
 import json
 import os
@@ -10,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from folder_digest import tree_digest
 from tinyitop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,11 +22,6 @@ def _script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _tree(folder):
-    return {os.path.relpath(os.path.join(r, n), folder): hashlib.sha256(open(os.path.join(r, n), "rb").read()).hexdigest()
-            for r, _, names in os.walk(folder) for n in names if n != ".lock"}
 
 
 def _npz(path):
@@ -78,7 +73,7 @@ def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(t
     out = {"new/deeper/name": user / "new" / "deeper" / ("name" + (extension or "")), "a folder": user / "a folder",
            "the user's file": user / ("mine" + (extension or "")), "the user's file without extension": user / "mine",
            "under a file": user / "afile" / ("x" + (extension or ""))}[shape]
-    before = _tree(user)
+    before = tree_digest(user)
     capsys.readouterr()
     try:
         code = run(tmp_path, str(out))
@@ -89,7 +84,7 @@ def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(t
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning", "note"))]
     if code == 2 and lines and "nothing to gather" in lines[-1]:
         code = 0                                         # a sweep never run: its --root was accepted
-    after = _tree(user)
+    after = tree_digest(user)
     kept = {name: digest for name, digest in before.items()}
     assert all(after.get(name) == digest for name, digest in kept.items()), "a file of the user's changed"
     if code != 0:

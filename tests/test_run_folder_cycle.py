@@ -2,6 +2,7 @@
 whatever the method (every method in Config's list, so a new one is covered without listing it)."""
 import pytest
 
+from folder_digest import tree_digest
 from tinyitop.cli import main as cli_main
 from tinyitop.config import EXPLORING, METHODS
 
@@ -27,12 +28,6 @@ def test_run_resume_resume_overwrite_all_succeed(tmp_path, capsys, method, updat
     assert (out / "summary.json").exists()
 
 
-def _folder_hashes(folder):
-    import hashlib
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
-            and p.name != ".lock"}
-
-
 def test_a_figure_the_user_put_in_place_of_a_drawn_one_is_never_deleted_or_replaced(tmp_path, capsys):
     """The manifest records what each figure held when drawn: a user's figure in its place (same
     name) is refused by --overwrite and by --resume, byte for byte untouched with everything else."""
@@ -40,12 +35,12 @@ def test_a_figure_the_user_put_in_place_of_a_drawn_one_is_never_deleted_or_repla
     args = [a for a in _args(out, "set", "--update-interval", "2") if a != "--no-plots"]
     assert cli_main(args) == 0
     (out / "training.png").write_bytes(b"my own figure")
-    before = _folder_hashes(out)
+    before = tree_digest(out)
     for extra in (["--overwrite"], ["--resume"]):
         assert cli_main(args + extra) == 2
         err = capsys.readouterr().err
         assert "training.png, changed since tinyitop drew it" in err and err.count("\n") == 1, err
-        assert _folder_hashes(out) == before
+        assert tree_digest(out) == before
     (out / "training.png").unlink()                          # the user lets tinyitop draw it again
     assert cli_main(args + ["--overwrite"]) == 0
     assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"

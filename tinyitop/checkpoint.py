@@ -103,12 +103,20 @@ def _checked_sparse(path, archive, name, param, exploration):
     _sorted_positions(path, f"active positions of {name}", positions, param.numel)
     if values.shape != positions.shape:
         raise ValueError(f"{name} in {path} has {values.size} values for {positions.size} positions")
+    if values.dtype.kind != "f":
+        raise ValueError(f"the values of {name} in {path} are {values.dtype}, not real numbers: the checkpoint is "
+                         "damaged or another program's")
     layer = name.rsplit(".", 1)[0]
     if exploration is not None and layer in exploration.sets:
         explored = archive[f"explored/{layer}/positions"]
         _sorted_positions(path, f"explored positions of {layer}", explored, param.numel)
         if not np.isin(positions, explored).all():
             raise ValueError(f"the explored set of {layer} in {path} misses some of its active positions")
+        pending = archive[f"explored/{layer}/pending"]         # grown at the last update: explored, unique
+        if (pending.ndim != 1 or pending.dtype.kind not in "iu" or np.unique(pending).size != pending.size
+                or not np.isin(pending, explored).all()):
+            raise ValueError(f"the last update's grown positions of {layer} in {path} are not unique explored "
+                             "positions: the checkpoint is damaged")
     return positions, values
 
 
