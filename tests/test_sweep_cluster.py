@@ -187,6 +187,7 @@ def test_a_background_sweep_with_sigint_ignored_still_stops_its_workers_on_sigte
     sweep.send_signal(signal.SIGTERM)
     out = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 130 and "0 of 2 runs finished" in out, out
+    assert "FAILED" not in out and not (run_folder / ".failed").exists(), out   # stopped, not failed
     assert not claims._folder_locked(str(run_folder))                     # its trainer stopped too
     assert "Traceback" not in (run_folder / "log.txt").read_text()
     assert len(read_jsonl(str(run_folder / "metrics.jsonl"))) < 50

@@ -13,9 +13,8 @@ from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
 from tinyitop.rundir import claim, record_drawn
 from tinyitop.threads import thread_count
-from tinyitop.train import TrainingInterrupted, train
+from tinyitop.train import INTERRUPTED, TrainingInterrupted, train
 
-INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
 
 def _int_list(text):

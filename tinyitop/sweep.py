@@ -20,6 +20,7 @@ from tinyitop.atomic import atomic_write
 from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
                                    finished_summary, load_config, train_command)
 from tinyitop.sweep_results import FAILED_NAME, aggregate, clear_failure, print_states, record_failure, run_states
+from tinyitop.train import INTERRUPTED
 
 
 class SweepFailed(RuntimeError):
@@ -255,12 +256,14 @@ def _run_all(spec, folder, commands, workers, continue_command=None, stale_after
                 claim.release()
             if code is None:
                 return
+            stopped = code == INTERRUPTED and runner.stopping.is_set()   # the sweep stopped it: not a failure
             with lock:
                 counter[0] += 1
-                if code != 0 and not claim.lost():
+                if code != 0 and not claim.lost() and not stopped:
                     failed[run_id] = code
                     record_failure(run_folder, code)
                 what = ("ok" if code == 0 else "taken over by another process" if claim.lost()
+                        else "stopped with the sweep, its last checkpoint kept" if stopped
                         else f"FAILED (exit {code}, see {os.path.join(run_folder, 'log.txt')})")
                 print(f"[{counter[0]}] {run_id}: {what} in {seconds:.0f} s", flush=True)
 

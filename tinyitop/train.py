@@ -62,6 +62,9 @@ class Run:
     data: object
 
 
+INTERRUPTED = 130      # the shell's status for a program stopped by Ctrl-C (128 + SIGINT): a run's, a sweep's
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C during training: `checkpoint_epoch` epochs are safe in `checkpoint` (None: none yet)."""
 
