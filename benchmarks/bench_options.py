@@ -4,10 +4,8 @@ import argparse
 import os
 import sys
 
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message}\n")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
+from tinyitop.options import Parser, fail  # noqa: E402,F401  (one-line refusals, for every benchmark)
 
 
 def positive_int(text):
@@ -18,12 +16,6 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def fail(message):
-    """One error line and exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def writable_file(path, option):

@@ -11,7 +11,6 @@ below re-implements the update.
     python demos/one_update.py --growth gradient     # RigL: grow where |dense gradient| is largest
     python demos/one_update.py --growth unexplored   # ITOP Appendix F: never-explored positions first
 """
-import argparse
 import os
 import sys
 
@@ -19,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop import backend as B  # noqa: E402
+from tinyitop.options import Parser, seed  # noqa: E402
 from tinyitop.threads import thread_count  # noqa: E402
 from tinyitop.data import make_synthetic, normalise  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
@@ -193,9 +193,9 @@ def run(growth="random", seed=SEED, out=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--growth", choices=("random", "gradient", "unexplored"), default="random")
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--seed", type=seed, default=SEED)
     args = parser.parse_args(argv)
     try:
         B.resolve()                           # TINYITOP_BACKEND and TINYITOP_THREADS: one line if bad

@@ -4,17 +4,17 @@
 
 Each run's label is its folder name; runs are coloured by sparsity (dense runs: R_s 1).
 """
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from tinyitop.options import Parser, fail  # noqa: E402
 from tinyitop.plots import accuracy_vs_rs  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("out"), parser.add_argument("folders", nargs="+")
     parser.add_argument("--title", default="Test accuracy against the ITOP rate R_s")
     args = parser.parse_args(argv)
@@ -49,11 +49,6 @@ def main(argv=None):
         fail(f"no finished run (summary.json) under {', '.join(args.folders)}")
     accuracy_vs_rs(points, out, args.title)
     print(f"wrote {out}")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,16 @@ sample standard deviation of the metric, R_s and reliable R_s, and against the b
 difference of the means, its standard error sqrt(sd_a^2/n_a + sd_b^2/n_b) (Welch) and their ratio.
 A difference counts as shown when it exceeds 2 standard errors with at least 3 seeds a side.
 """
-import argparse
 import json
 import math
 import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
+from tinyitop.options import Parser, fail  # noqa: E402
+
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def mean_sd(values):
@@ -71,7 +68,7 @@ def table(found, baseline, metric):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a sweep folder, e.g. runs/sweeps/cifar10_vgg_itop-cifar10")
     parser.add_argument("--baseline", required=True, help="the label to compare against, e.g. 'static 0.98'")
     parser.add_argument("--metric", default="test_acc_at_best_val", choices=METRICS[:2],
@@ -82,7 +79,8 @@ def main(argv=None):
     found = groups(args.folder)
     baseline = args.baseline.replace(" ", "-")             # the sweep's folder names have no spaces
     if baseline not in found:
-        fail(f"no finished run labelled {args.baseline!r} in {args.folder} (labels: {', '.join(found) or 'none'})")
+        fail(f"--baseline {args.baseline!r}: no finished run with that label in {args.folder} "
+             f"(labels: {', '.join(found) or 'none'})")
     print(table(found, baseline, args.metric))
 
 

@@ -8,14 +8,15 @@ the prune rate's cosine stay where the full run had them) in a temporary folder,
 --epochs epochs, and its epoch and update rows are compared with the logged ones. Prints "same rows"
 (exit 0) or the first difference (exit 1).
 """
-import argparse
 import json
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from tinyitop.cli import dataset_arg  # noqa: E402
 from tinyitop.config import Config  # noqa: E402
+from tinyitop.options import Parser, fail  # noqa: E402
 from tinyitop.metrics import TIMING_FIELDS, read_jsonl  # noqa: E402
 from tinyitop.train import train  # noqa: E402
 
@@ -24,20 +25,15 @@ class _Stop(Exception):
     pass
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _rows(path, keep):
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in read_jsonl(path) if keep(row)]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a folder with summary.json, metrics.jsonl and updates.jsonl")
     parser.add_argument("--epochs", type=int, default=2, help="epochs to re-run (default: %(default)s)")
-    parser.add_argument("--dataset", default=None, help="the data set file, if not where the run found it")
+    parser.add_argument("--dataset", type=dataset_arg, default=None, help="the data set file, if not where the run found it")
     args = parser.parse_args(argv)
     try:
         with open(os.path.join(args.run, "summary.json"), encoding="utf-8") as f:

@@ -5,7 +5,6 @@ images of CIFAR-10, so that a whole preset fits a few hours of a 2-core CPU:
     python experiments/subset_npz.py ~/data/cifar10.npz ~/data/cifar10-10k.npz --train 10000 --test 2000
 The same input, sizes and --seed give the same subset (drawn per class with NumPy's default_rng).
 """
-import argparse
 import os
 import sys
 import zipfile
@@ -13,7 +12,8 @@ import zipfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tinyitop.rundir import atomic_write  # noqa: E402
+from tinyitop.atomic import atomic_write  # noqa: E402
+from tinyitop.options import Parser, fail, seed  # noqa: E402
 
 
 def balanced(labels, count, rng, split="train"):
@@ -29,22 +29,12 @@ def balanced(labels, count, rng, split="train"):
     return np.sort(np.concatenate(picks))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv=None):
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("source"), p.add_argument("out")
     p.add_argument("--train", type=int, required=True, help="training images to keep")
     p.add_argument("--test", type=int, required=True, help="test images to keep")
-    p.add_argument("--seed", type=int, default=0, help="which subset (default: %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="which subset (default: %(default)s)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.source):
         fail(f"{args.source} is not a file (make one with python -m tinyitop pack-images)")

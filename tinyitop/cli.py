@@ -8,6 +8,7 @@ import sys
 from tinyitop import backend as B
 from tinyitop.data import DATASETS, PAD_MODES, DatasetError, is_npz
 from tinyitop.init import INIT_METHODS
+from tinyitop.options import Parser
 from tinyitop.topology import GROWTH_MODES
 from tinyitop.config import METHODS, MODEL_NAMES, Config
 from tinyitop.report import TrainingDiverged
@@ -28,11 +29,7 @@ def _int_list(text):
     return values
 
 
-class _Parser(argparse.ArgumentParser):
-    """A bad option is one line (what is wrong, where to look), exit status 2, not the usage dump."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+_Parser = Parser         # a bad option is one line (what is wrong, where to look), exit status 2
 
 
 def dataset_arg(text):

@@ -1,0 +1,108 @@
+"""The option matrix of the scripts users run beside the CLI (experiments/*.py, demos/one_update.py),
+generated from each script's own parser: every option that takes a value, at -1, 0, huge, nan, a wrong
+type and empty (choices: one that is not), on valid positional arguments. Each: the script works, or
+one `error:` line naming the option, exit status 2, no traceback."""
+import argparse
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tinyitop import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAD = ["-1", "0", "99999999999999999999", "nan", "abc", ""]
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _module(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parser_of(module, argv):
+    """The parser a script's main() builds, caught as it parses (nothing after parsing runs)."""
+    caught = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def catch(self, args=None, namespace=None):
+        caught["parser"] = self
+        raise _Parsed
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        module.main(argv)
+    except _Parsed:
+        pass
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return caught["parser"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Valid positional inputs: a finished run, a sweep folder of two labelled groups, a data set."""
+    tmp = tmp_path_factory.mktemp("scripts")
+    base = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "2",
+            "--batch-size", "16", "--no-progress", "--no-plots"]
+    assert cli.main(base + ["--out", str(tmp / "run")]) == 0
+    config = {"name": "pair", "reduced": {"base": {"dataset": "synthetic", "hidden": [8], "epochs": 1,
+                                                   "limit_train": 64, "batch_size": 16},
+                                          "variants": [{"label": "static", "method": "static"},
+                                                       {"label": "set", "method": "set"}],
+                                          "grid": {"seed": [0]}}}
+    (tmp / "pair.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp / "pair.json"), "--root", str(tmp / "sweeps"), "--workers", "1"]) == 0
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "data.npz", train_x=rng.integers(0, 255, (40, 1, 4, 4), dtype=np.uint8),
+             train_y=np.arange(40) % 2, test_x=rng.integers(0, 255, (10, 1, 4, 4), dtype=np.uint8),
+             test_y=np.arange(10) % 2)
+    return tmp
+
+
+# script -> positional arguments (and required options) that make a valid call, given the inputs folder
+SCRIPTS = {
+    "experiments/subset_npz.py": lambda t, out: [str(t / "data.npz"), str(out / "sub.npz"), "--train", "4",
+                                                 "--test", "2"],
+    "experiments/accuracy_vs_rs.py": lambda t, out: [str(out / "fig.png"), str(t / "sweeps" / "pair")],
+    "experiments/compare_methods.py": lambda t, out: [str(t / "sweeps" / "pair"), "--baseline", "static"],
+    "experiments/reproduce_rows.py": lambda t, out: [str(t / "run"), "--epochs", "1"],
+    "demos/one_update.py": lambda t, out: [],
+}
+
+
+def _cases():
+    cases = []
+    for script in SCRIPTS:
+        module = _module(script)
+        for action in _parser_of(module, ["--help-is-not-parsed"])._actions:
+            if action.option_strings and action.nargs != 0 and action.dest != "help":
+                values = ["not-a-choice"] if action.choices else BAD
+                cases += [(script, action.option_strings[0], value) for value in values]
+    return cases
+
+
+@pytest.mark.parametrize("script, option, value", _cases(), ids=[f"{s.split('/')[-1]}{o}={v[:8]}" for s, o, v in _cases()])
+def test_every_script_option_at_every_bad_value_is_one_line_or_works(inputs, tmp_path, capsys, script, option, value):
+    argv = SCRIPTS[script](inputs, tmp_path)
+    if option in argv:                                   # a required option: replace its valid value
+        at = argv.index(option)
+        argv = argv[:at] + argv[at + 2:]
+    try:
+        code = _module(script).main(argv + [option, value])
+    except SystemExit as stop:
+        code = stop.code
+    code = 0 if code is None else code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+        names = (option, option[2:], option[2:].replace("-", "_"))
+        assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"

@@ -1,0 +1,28 @@
+"""Command-line parsing shared by tinyitop's commands and scripts: a bad option is one `error:` line
+naming it, exit status 2 (argparse's default prints the usage too), never a traceback."""
+import argparse
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in one line (what is wrong, where to look)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def fail(message):
+    """One error line and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def seed(text):
+    """A random seed: a whole number >= 0 (NumPy's generators refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
