@@ -1,21 +1,13 @@
 """Option checks shared by the benchmarks: every value is checked before any timing, and a bad one is
 one `error:` line naming the option, exit status 2 (argparse's own errors are one line too)."""
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
-from tinyitop.options import Parser, fail  # noqa: E402,F401  (one-line refusals, for every benchmark)
+from tinyitop.options import Parser, fail, whole_number  # noqa: E402,F401  (one-line refusals, for every benchmark)
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+positive_int = whole_number(1)
 
 
 def writable_file(path, option):

@@ -17,12 +17,17 @@ def fail(message):
     raise SystemExit(2)
 
 
-def seed(text):
-    """A random seed: a whole number >= 0 (NumPy's generators refuse negative ones)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def whole_number(minimum):
+    """An argparse type: a whole number >= `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+seed = whole_number(0)          # NumPy's generators refuse negative seeds
