@@ -106,3 +106,53 @@ def test_every_script_option_at_every_bad_value_is_one_line_or_works(inputs, tmp
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
         names = (option, option[2:], option[2:].replace("-", "_"))
         assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
+
+
+def _demo_cases():
+    """The main demo's options (demo_main's parser, shared by every demo), caught as it parses."""
+    demo = _module("demos/mlp_cifar10.py")
+    caught = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def catch(self, args=None, namespace=None):
+        caught["parser"] = self
+        raise _Parsed
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        cli.demo_main("demo", demo.PAPER, demo.QUICK, [])
+    except _Parsed:
+        pass
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    actions = [a for a in caught["parser"]._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
+    return [(a.option_strings[0], v) for a in actions for v in (["not-a-choice"] if a.choices else BAD)]
+
+
+@pytest.mark.parametrize("option, value", _demo_cases(), ids=[f"demo{o}={v[:8]}" for o, v in _demo_cases()])
+def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, capsys, monkeypatch, option, value):
+    """python demos/mlp_cifar10.py --quick --dataset synthetic OPTION VALUE: a run through its first epoch
+    (then stopped), or one line naming the option."""
+    from tinyitop import train as train_module
+
+    class Started(Exception):
+        pass
+
+    def first_epoch_only(*args):
+        raise Started
+    monkeypatch.setattr(train_module, "_end_epoch", first_epoch_only)
+    monkeypatch.chdir(tmp_path)
+    demo = _module("demos/mlp_cifar10.py")
+    base = ["--quick"] + ([] if option == "--dataset" else ["--dataset", "synthetic"])
+    try:
+        code = cli.demo_main("demo", demo.PAPER, demo.QUICK, base + [option, value])
+    except Started:
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+        names = (option, option[2:], option[2:].replace("-", "_"))
+        assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
