@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from bench_options import Parser, fail
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = (("paper MLP, SET 0.95", "mlp", 0.95), ("paper MLP, dense", "mlp", 0.0),
              ("ResNet-18, 0.95 ERK", "resnet18", 0.95), ("ResNet-18, dense", "resnet18", 0.0),
@@ -103,13 +105,15 @@ def _counts_in_subprocess(tree):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="another checkout's root (holding tinyitop/) to count side by side")
     parser.add_argument("--one", help=argparse.SUPPRESS)        # internal: count one tree, print JSON
     args = parser.parse_args()
     if args.one:
         print(json.dumps(count_one_tree(args.one)))
         return
+    if args.before and not os.path.isdir(os.path.join(args.before, "tinyitop")):
+        fail(f"--before {args.before}: not a checkout (no tinyitop/ folder in it)")
     now = _counts_in_subprocess(ROOT)
     before = _counts_in_subprocess(os.path.abspath(args.before)) if args.before else None
     print(f"kernel launches per training step (CuPy stand-in, batch {BATCH})")

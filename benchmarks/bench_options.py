@@ -1,5 +1,7 @@
 """Option checks shared by the benchmarks: every value is checked before any timing, and a bad one is
 one `error:` line naming the option, exit status 2 (argparse's own errors are one line too)."""
+import argparse
+import math
 import os
 import sys
 
@@ -8,6 +10,17 @@ from tinyitop.options import Parser, fail, whole_number  # noqa: E402,F401  (one
 
 
 positive_int = whole_number(1)
+
+
+def positive_number(text):
+    """A finite number > 0 (a width, a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def writable_file(path, option):

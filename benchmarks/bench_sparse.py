@@ -30,7 +30,7 @@ from tinyitop import SGD, SoftmaxCrossEntropy, backend as B, mlp  # noqa: E402
 from tinyitop.explore import Exploration  # noqa: E402
 from tinyitop.models import resnet18, skip_input_gradient, sparsify, vgg16  # noqa: E402
 from tinyitop.sparse import SPARSE_TYPES  # noqa: E402
-from bench_options import Parser, fail  # noqa: E402
+from bench_options import Parser, fail, positive_number  # noqa: E402
 from tinyitop.topology import TopologyUpdater, sparse_layers  # noqa: E402
 
 CONV_MODELS = {"resnet18": resnet18, "vgg16": vgg16}
@@ -160,7 +160,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer steps; skips the wide dense baseline's repeats")
     parser.add_argument("--sections", default="ABCD", help="which tables to run (default: ABCD)")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column even if torch imports")
-    parser.add_argument("--width", type=float, default=1.0, help="conv nets (section D): channel counts x WIDTH (default: 1)")
+    parser.add_argument("--width", type=positive_number, default=1.0, help="conv nets (section D): channel counts x WIDTH (default: 1)")
     args = parser.parse_args()
     if args.one:
         try:

@@ -12,7 +12,6 @@ Needs torch (a separate venv; never a tinyitop dependency):
 RUN_FOLDER is a finished tinyitop run (its summary.json gives every setting); the twin's epoch log
 and summary are printed as JSON lines and compared with the run's at the end.
 """
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from tinyitop.data import batches, load, split_validation  # noqa: E402
 from tinyitop.init import layer_densities  # noqa: E402
 from tinyitop.optim import MultiStepLR  # noqa: E402
+from tinyitop.options import Parser, seed, whole_number  # noqa: E402
 from tinyitop.topology import prune_rate_at  # noqa: E402
 
 class SetMasks:
@@ -84,10 +84,10 @@ def evaluate(torch, model, x, y, data, batch_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished tinyitop run folder (summary.json)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--torch-seed", type=int, default=None,
+    parser.add_argument("--threads", type=whole_number(1), default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--torch-seed", type=seed, default=None,
                         help="seed of PyTorch's weights and masks only; the batches stay the run's (default: the run's seed)")
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["bench_col2im.py", "--batch", "0"], "--batch"), (["bench_transpose.py", "--repeats", "0"], "--repeats"),
     (["check_claims.py", "--rounds", "0"], "--rounds"), (["check_claims.py", "--doc", "no/such.md"], "not a file"),
     (["check_claims.py", "--doc", "README.md"], "no claims-table row"),
+    (["bench_sparse.py", "--width", "-1"], "--width"), (["bench_sparse.py", "--width", "nan"], "--width"),
+    (["bench_launches.py", "--before", "no/such/tree"], "--before"),
+    (["torch_conv_twin.py", "no/such/run", "--threads", "0"], "--threads"),
+    (["torch_conv_twin.py", "no/such/run", "--torch-seed", "-1"], "--torch-seed"),
 ])
 def test_bad_benchmark_options_are_one_line(args, fragment):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", args[0]), *args[1:]], cwd=ROOT,
