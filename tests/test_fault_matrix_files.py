@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from folder_digest import tree_digest
+from fault_cases import tree_digest
 from tinyitop import cli
 
 RUN = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",

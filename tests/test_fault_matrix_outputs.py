@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from folder_digest import tree_digest
+from fault_cases import tree_digest
 from tinyitop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

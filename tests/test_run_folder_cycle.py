@@ -2,7 +2,7 @@
 whatever the method (every method in Config's list, so a new one is covered without listing it)."""
 import pytest
 
-from folder_digest import tree_digest
+from fault_cases import tree_digest
 from tinyitop.cli import main as cli_main
 from tinyitop.config import EXPLORING, METHODS
 

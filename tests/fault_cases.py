@@ -1,0 +1,25 @@
+"""Shared by the fault-matrix tests: what a refusal must look like, and a folder's content (to check
+that a refused command left it byte for byte as it was)."""
+import hashlib
+import os
+
+
+def tree_digest(folder):
+    """{path relative to `folder`: sha256} of every file below it (the run lock aside: it is the lock's)."""
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name != ".lock":
+                with open(os.path.join(root, name), "rb") as f:
+                    digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def assert_one_line_naming(code, err, option):
+    """Exit status 0 (the command worked), or 2 with one `error:` line that names `option`; never a traceback."""
+    assert "Traceback" not in err
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+        names = (option, option[2:], option[2:].replace("-", "_"), option[2:].replace("-", " "))
+        assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
