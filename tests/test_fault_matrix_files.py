@@ -117,7 +117,7 @@ def _json_file_cases(run, name, jsonl=False):
 def _meta_cases(run):
     with np.load(run / "checkpoint.npz") as archive:
         meta, arrays = json.loads(str(archive["meta"])), [k for k in archive.files if k != "meta"]
-    return ([("meta", path, value) for path, value in _field_cases(meta)] + [("meta", None, w) for w in WHOLE[:4]]
+    return ([("meta", path, value) for path, value in _field_cases(meta)] + [("meta", None, w) for w in WHOLE]
             + [("array", name, how) for name in arrays for how in ("drop", "shape", "dtype")]
             + [("file", None, how) for how in ("empty", "truncated", "not a zip")])
 

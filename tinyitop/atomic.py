@@ -1,7 +1,9 @@
 """Atomic file writes: a file tinyitop writes is either its old content or its new one, never half.
 
 A killed run, a full disk or Ctrl-C mid-write leaves the previous checkpoint, log or table intact.
+Reading them back: `parse_json`, for every JSON text tinyitop reads.
 """
+import json
 import os
 
 
@@ -41,3 +43,13 @@ def atomic_write(path, write):
         if os.path.exists(tmp):        # a full disk or Ctrl-C mid-write leaves nothing behind
             os.remove(tmp)
         raise
+
+
+def parse_json(text, where):
+    """json.loads, where JSON nested too deeply for Python's parser is a ValueError naming `where`
+    (json raises RecursionError there, which no reader expects): every reader's `except ValueError`
+    then covers it, as it covers json's own JSONDecodeError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where} is not valid JSON: nested too deeply") from None

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 
 from tinyitop import backend as B
-from tinyitop.atomic import atomic_write
+from tinyitop.atomic import atomic_write, parse_json
 from tinyitop.sparse import SparseWeight
 
 
@@ -57,7 +57,7 @@ def read_meta(path):
     """The settings and loop state a checkpoint was written with (the dict given to `save`)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
+            meta = parse_json(str(archive["meta"]), path)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz) "
                               f"({type(err).__name__}). Move it away and start again with --overwrite") from None
@@ -148,7 +148,7 @@ def _restore(path, model, optimizer, exploration):
                 explored.reliable = B.to_device(_shaped(path, archive, f"explored/{name}/reliable",
                                                         explored.positions.shape, np.dtype(bool)))
                 explored.pending = B.to_device(archive[f"explored/{name}/pending"])
-        return json.loads(str(archive["meta"]))
+        return parse_json(str(archive["meta"]), path)
 
 
 def save_parameters(path, model):

@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 
+from tinyitop.atomic import parse_json
+
 HEARTBEAT_SECONDS = 30
 STALE_AFTER_SECONDS = 600         # another host's claim without a heartbeat for this long is taken over
 _CLAIM = re.compile(r"\.claim-(\d+)")
@@ -40,7 +42,7 @@ def read_claim(path):
     """The claim's holder {host, pid, started} and heartbeat age (s), or None if it vanished or is torn."""
     try:
         with open(path, encoding="utf-8") as f:
-            holder = json.load(f)
+            holder = parse_json(f.read(), path)
         age = time.time() - os.stat(path).st_mtime
     except (OSError, ValueError):
         return None

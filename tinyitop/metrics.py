@@ -12,7 +12,7 @@ try:
 except ImportError:
     resource = None
 
-from tinyitop.atomic import atomic_write
+from tinyitop.atomic import atomic_write, parse_json
 
 
 def _clean(value):
@@ -76,8 +76,8 @@ class JsonLines:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as err:
+                row = parse_json(line, f"{self.path} line {number}")
+            except ValueError as err:                     # not JSON (a torn line), or nested too deeply
                 if drop_torn_last and number == len(lines):
                     log(f"warning: dropped the torn last line of {self.path} (written when a run was killed)")
                     break

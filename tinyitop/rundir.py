@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 
-from tinyitop.atomic import atomic_write
+from tinyitop.atomic import atomic_write, parse_json
 from tinyitop.checkpoint import read_meta
 
 RUN_FILES = ("metrics.jsonl", "updates.jsonl", "checkpoint.npz", "summary.json", "init.npz",
@@ -80,8 +80,8 @@ def _manifest(folder):
     """The folder's manifest as a dict ({} when absent or unreadable)."""
     try:
         with open(os.path.join(folder, MANIFEST_NAME)) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError, RecursionError):
+            manifest = parse_json(f.read(), MANIFEST_NAME)
+    except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
 
@@ -94,12 +94,12 @@ def _looks_like_ours(path):
     try:
         if name in keys:
             with open(path, encoding="utf-8") as f:
-                first = json.loads(f.readline() if name.endswith(".jsonl") else f.read())
+                first = parse_json(f.readline() if name.endswith(".jsonl") else f.read(), path)
             return isinstance(first, dict) and keys[name] <= set(first)
         if name == "checkpoint.npz":
             read_meta(path)
             return True
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+    except (OSError, ValueError, UnicodeDecodeError):
         return False
     return False
 

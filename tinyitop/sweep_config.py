@@ -12,6 +12,7 @@ import re
 import sys
 
 from tinyitop import checkpoint
+from tinyitop.atomic import parse_json
 from tinyitop.config import Config, changed_settings
 from tinyitop.metrics import NUMBER, OPTIONAL_NUMBER, check_row
 
@@ -33,11 +34,9 @@ def load_config(path, full=False):
         raise ValueError(f"sweep config {path} does not exist (the shipped ones are in experiments/)")
     try:
         with open(path) as f:
-            spec = json.load(f)
+            spec = parse_json(f.read(), path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    except RecursionError:
-        raise ValueError(f"{path} is not a sweep config: its JSON is nested too deeply") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}): "
                          "save it as UTF-8") from None
@@ -195,11 +194,9 @@ def finished_summary(folder, run_id):
     path = os.path.join(folder, run_id, "summary.json")
     try:
         with open(path) as f:
-            summary = json.load(f)
+            summary = parse_json(f.read(), path)          # nested too deeply: a ValueError naming it
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    except RecursionError:
-        summary = None
     check_row(summary, SUMMARY_FIELDS, path, remedy="move it away and run the sweep again: that run then resumes "
               "from its checkpoint and writes it anew")
     return summary

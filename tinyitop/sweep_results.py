@@ -11,7 +11,7 @@ import math
 import os
 
 from tinyitop import claims
-from tinyitop.atomic import atomic_write
+from tinyitop.atomic import atomic_write, parse_json
 from tinyitop.sweep_config import METRICS, finished_summary, text_of, varied_settings
 
 FAILED_NAME = ".failed"          # RUN/.failed: {"exit": status, "host": ..., "error": last log line}
@@ -58,7 +58,7 @@ def run_states(folder, commands, stale_after=claims.STALE_AFTER_SECONDS):
             continue
         try:
             with open(os.path.join(run_folder, FAILED_NAME), encoding="utf-8") as f:
-                failure = json.load(f)
+                failure = parse_json(f.read(), FAILED_NAME)
             states.append((run_id, "failed", f"exit {failure.get('exit')}: {failure.get('error')}"))
         except (OSError, ValueError):
             started = os.path.exists(os.path.join(run_folder, "checkpoint.npz"))
