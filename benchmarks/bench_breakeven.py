@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_layers import median_ms  # noqa: E402
-from bench_options import Parser, fail, positive_int, writable_file  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
+from bench_options import Parser, batch_size, fail, repeats, whole_number, writable_file  # noqa: E402  (synchronised on a GPU; the same timing for every benchmark)
 from tinyitop import backend as B  # noqa: E402
 from tinyitop.sparse import random_sparse_weight  # noqa: E402
 from tinyitop.sparse_kernels import (GATHER_MAX_DENSITY, OPERAND_CACHE_BYTES, PRODUCT_CSR_MAX_DENSITY,  # noqa: E402
@@ -70,30 +70,39 @@ def crossover(densities, sparse_ms, dense_ms):
     return max(wins) if wins else 0.0
 
 
-def main():
+def parse(argv=None):
+    """The options, every one checked before any timing (a saved table read back for --replot)."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=positive_int, default=128)
-    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--batch", type=batch_size, default=128)
+    parser.add_argument("--repeats", type=repeats, default=5)
     parser.add_argument("--plot", default=None, help="write the time-vs-density figure here (PNG)")
-    parser.add_argument("--shapes", type=positive_int, default=None, help="only the first N shapes (a quick look)")
+    parser.add_argument("--shapes", type=whole_number(1, len(SHAPES)), default=None,
+                        help="only the first N shapes (a quick look)")
     parser.add_argument("--replot", default=None, help="draw --plot from this benchmark's saved output instead")
     parser.add_argument("--columns", action="store_true",
                         help="one shape at two densities as the column count M grows (the CPU's cache step)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.table = None
     if args.plot or args.replot:
         writable_file(args.plot or "breakeven.png", "--plot")
     if args.replot:
         if not os.path.isfile(args.replot):
             fail(f"--replot {args.replot} is not a file (give a saved output of this benchmark)")
         try:
-            title, results = read_table(args.replot)
+            args.table = read_table(args.replot)
         except (ValueError, IndexError, KeyError, UnicodeDecodeError):
-            title, results = None, None
-        if not results:
+            pass
+        if not args.table or not args.table[1]:
             fail(f"--replot {args.replot} holds no table of this benchmark (save its output with > FILE)")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     if args.columns:
         return column_sweep(args.repeats)
     if args.replot:
+        title, results = args.table
         backend = "cupy" if title.startswith("backend: cupy") else "numpy"
         return plot(results, args.plot or "breakeven.png", title, backend)
     print(B.describe(), f"| batch {args.batch} | float32 | ms, median of {args.repeats}")

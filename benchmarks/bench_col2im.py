@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tinyitop import backend as B  # first: it sets OpenBLAS's thread timeout before NumPy loads BLAS
 import numpy as np  # noqa: E402
 from bench_layers import median_ms
-from bench_options import Parser, fail, positive_int
+from bench_options import Parser, batch_size, fail, repeats
 from tinyitop import im2col
 
 # (channels, image width = height, stride) of a 3x3 conv's input, padding 1
@@ -23,13 +23,19 @@ SHAPES = [(32, 16, 1), (64, 8, 1), (128, 8, 2), (128, 4, 1), (128, 2, 1), (256, 
           (512, 2, 1)]
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=positive_int, default=11, help="timed calls per figure (median)")
-    parser.add_argument("--batch", type=positive_int, default=128)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=repeats, default=11, help="timed calls per figure (median)")
+    parser.add_argument("--batch", type=batch_size, default=128)
+    args = parser.parse_args(argv)
     if B.name != "numpy":
         fail("bench_col2im.py times the CPU paths: run it with TINYITOP_BACKEND=numpy")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     rng = np.random.default_rng(0)
     picked_width = im2col.GATHER_MAX_WIDTH
     print(f"numpy, batch {args.batch}, ms per call, median of {args.repeats} | ratios are what matter\n")

@@ -13,7 +13,6 @@ pipeline is not included. Needs `pip install cupy-cuda12x`.
     python benchmarks/bench_launches.py --before OLD_TREE    # and another checkout, side by side
 (e.g. OLD_TREE from `mkdir -p /tmp/old && git archive 3ebd7da tinyitop | tar -x -C /tmp/old`)
 """
-import argparse
 import json
 import os
 import subprocess
@@ -97,23 +96,31 @@ class _CountingKernel:
         return given[0] if len(given) == 1 else tuple(given)
 
 
+# Each tree is counted in a fresh process: two trees' tinyitop packages cannot share one.
+WORKER = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_launches; "
+          "print(json.dumps(bench_launches.count_one_tree(sys.argv[2])))")
+
+
 def _counts_in_subprocess(tree):
-    result = subprocess.run([sys.executable, __file__, "--one", tree], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", WORKER, os.path.dirname(os.path.abspath(__file__)), tree],
+                            capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(result.stderr.strip().splitlines()[-1])
+        fail(f"counting the launches of {tree} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(result.stdout)
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before anything is counted."""
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="another checkout's root (holding tinyitop/) to count side by side")
-    parser.add_argument("--one", help=argparse.SUPPRESS)        # internal: count one tree, print JSON
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(count_one_tree(args.one)))
-        return
-    if args.before and not os.path.isdir(os.path.join(args.before, "tinyitop")):
+    args = parser.parse_args(argv)
+    if args.before is not None and not os.path.isdir(os.path.join(args.before, "tinyitop")):
         fail(f"--before {args.before}: not a checkout (no tinyitop/ folder in it)")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     now = _counts_in_subprocess(ROOT)
     before = _counts_in_subprocess(os.path.abspath(args.before)) if args.before else None
     print(f"kernel launches per training step (CuPy stand-in, batch {BATCH})")

@@ -12,7 +12,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop import backend as B  # first: it sets OpenBLAS's thread timeout before NumPy loads BLAS
 import numpy as np  # noqa: E402
-from bench_options import Parser, positive_int
+from bench_options import Parser, batch_size, repeats
 from tinyitop.layers import Conv2d, Linear
 
 
@@ -81,11 +81,16 @@ def bench_conv(batch, channels_in, channels_out, size, stride, repeats):
     return median_ms(layer_step, repeats), median_ms(floor, repeats)
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--batch", type=positive_int, default=128)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=repeats, default=5)
+    parser.add_argument("--batch", type=batch_size, default=128)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
     print(B.describe())
     print(f"{'layer':44s} {'tinyitop ms':>12s} {'floor ms':>10s} {'ratio':>7s}  goal")
     for n_in, n_out in [(3072, 1024), (1024, 512), (512, 10)]:

@@ -9,18 +9,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tinyitop.options import Parser, fail, whole_number  # noqa: E402,F401  (one-line refusals, for every benchmark)
 
 
-positive_int = whole_number(1)
+# Every number has a ceiling: a benchmark's larger values would not finish or not fit in memory, and
+# the fault matrix (tests/test_fault_matrix_benchmarks.py) gives each option a huge value.
+repeats = whole_number(1, 10_000)              # timed calls per figure
+batch_size = whole_number(1, 8192)             # columns of a product; 8192 x 3072 floats is 100 MB
 
 
-def positive_number(text):
-    """A finite number > 0 (a width, a scale)."""
+def fraction(text):
+    """A number strictly between 0 and 1 (a sparsity)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:                          # nan fails both comparisons
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
     return value
+
+
+def positive_number(maximum):
+    """An argparse type: a finite number in (0, maximum] (a width, a scale)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in (0, {maximum:g}], got {text!r}") from None
+        if not (math.isfinite(value) and 0 < value <= maximum):
+            raise argparse.ArgumentTypeError(f"must be a finite number in (0, {maximum:g}], got {text!r}")
+        return value
+    return parse
 
 
 def writable_file(path, option):

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_breakeven import time_products  # noqa: E402
-from bench_options import Parser, choices_list, positive_int  # noqa: E402
+from bench_options import Parser, choices_list, repeats  # noqa: E402
 from tinyitop import backend as B, mlp  # noqa: E402
 from tinyitop.models import resnet18, sparsify, vgg16  # noqa: E402
 from tinyitop.topology import sparse_layers  # noqa: E402
@@ -35,12 +35,18 @@ def layer_columns(model, input_shape):
     return {n: (layer.x_t if hasattr(layer, "x_t") else layer.cols).shape[1] for n, layer in sparse_layers(model).items()}
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mlp,vgg16,resnet18", help="comma-separated: mlp, vgg16, resnet18")
-    parser.add_argument("--repeats", type=positive_int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=repeats, default=3)
+    args = parser.parse_args(argv)
     args.models = ",".join(choices_list(args.models, ("mlp", "vgg16", "resnet18"), "--models"))
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     print(B.describe(), "| ms per product, median | ratio = chosen path / faster path")
     worst = []
     for name in args.models.split(","):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from bench_options import Parser, fail, positive_int
+from bench_options import Parser, fail, fraction, whole_number
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +36,16 @@ def peak_of_run(method, hidden, sparsity, dataset, out):
     return (peak if peak > before else float("nan")) / 1024, seconds
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any run."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=positive_int, default=20000)
-    parser.add_argument("--sparsity", type=float, default=0.999)
-    args = parser.parse_args()
-    if not 0 < args.sparsity < 1:
-        fail(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    parser.add_argument("--hidden", type=whole_number(1, 1_000_000), default=20000)
+    parser.add_argument("--sparsity", type=fraction, default=0.999)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
     with tempfile.TemporaryDirectory() as scratch:
         dataset = "fashion-mnist"
         if not os.path.exists("/usr/share/datasets/fashion-mnist"):

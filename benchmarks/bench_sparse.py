@@ -13,7 +13,6 @@ column gives its step on the same device, dense and masked the way the ITOP refe
 (benchmarks/torch_reference.py); torch is never a dependency.
 Usage: python benchmarks/bench_sparse.py [--quick] [--sections ABCD]
 """
-import argparse
 import json
 import os
 import resource
@@ -135,10 +134,17 @@ def one(spec):
     print(json.dumps(result))
 
 
+# A workload runs alone in a fresh process: its own heap (so peak RSS is its own) and no warm caches.
+WORKER = "import json, sys; sys.path.insert(0, sys.argv[1]); import bench_sparse; bench_sparse.one(json.loads(sys.argv[2]))"
+
+
 def launch(spec):
-    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
-                         check=True, env=dict(os.environ))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """`one(spec)` in a fresh process: its JSON result."""
+    done = subprocess.run([sys.executable, "-c", WORKER, os.path.dirname(os.path.abspath(__file__)), json.dumps(spec)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        fail(f"the workload {json.dumps(spec)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(title, rows):
@@ -154,22 +160,22 @@ def table(title, rows):
               f"{', '.join(f'{n}:{p}' for n, p in r['paths'].items())}")
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer steps; skips the wide dense baseline's repeats")
     parser.add_argument("--sections", default="ABCD", help="which tables to run (default: ABCD)")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column even if torch imports")
-    parser.add_argument("--width", type=positive_number, default=1.0, help="conv nets (section D): channel counts x WIDTH (default: 1)")
-    args = parser.parse_args()
-    if args.one:
-        try:
-            spec = json.loads(args.one)
-        except ValueError:
-            fail(f"--one {args.one!r} is not a JSON workload (it is this benchmark's internal option)")
-        return one(spec)
+    parser.add_argument("--width", type=positive_number(4), default=1.0,
+                        help="conv nets (section D): channel counts x WIDTH, at most 4 (default: 1)")
+    args = parser.parse_args(argv)
     if not args.sections or set(args.sections) - set("ABCD"):
         fail(f"--sections {args.sections!r}: give one or more of the letters A, B, C, D (e.g. AB)")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     print(B.describe(), f"| {os.cpu_count()} cores | ratios are what matter")
     gpu = B.name == "cupy"
     steps = (20 if gpu else 5) if args.quick else (100 if gpu else 20)

@@ -16,7 +16,7 @@ os.environ.setdefault("TINYITOP_BACKEND", "numpy")
 from tinyitop import backend as B, threads  # noqa: E402  (first: it sets OpenBLAS's thread timeout)
 import numpy as np  # noqa: E402
 from bench_layers import median_ms  # noqa: E402
-from bench_options import Parser, positive_int  # noqa: E402
+from bench_options import Parser, repeats  # noqa: E402
 from tinyitop.im2col import col2im, im2col  # noqa: E402
 from tinyitop.layers import BatchNorm2d, ReLU  # noqa: E402
 
@@ -31,10 +31,15 @@ def passes(channels, batch, side):
             "im2col+col2im": lambda: col2im(im2col(x, 3, 3, 1, 1), x.shape, 3, 3, 1, 1)}
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls per cell (default: 20)")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=repeats, default=20, help="timed calls per cell (default: 20)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
     B.use("numpy")
     threads.SPLIT_MIN_BYTES = 0                          # split every size; the table shows where it pays
     a, b = np.ones((256, 256), dtype=np.float32), np.ones((256, 8192), dtype=np.float32)

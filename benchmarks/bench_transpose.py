@@ -15,18 +15,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_layers import median_ms  # noqa: E402  (first: tinyitop sets OpenBLAS's thread timeout)
 import numpy as np  # noqa: E402
-from bench_options import Parser, positive_int  # noqa: E402
+from bench_options import Parser, repeats  # noqa: E402
 from tinyitop import backend as B  # noqa: E402
 from tinyitop import sparse_kernels as kernels  # noqa: E402
 
 SHAPES = [(128, 3072), (128, 1024), (128, 512), (128, 256), (128, 2048), (128, 1536), (128, 784), (128, 1000), (128, 10000), (256, 3072), (256, 784), (64, 1024), (32, 1024)]
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=positive_int, default=50, help="timed calls per figure (default: %(default)s)")
+    parser.add_argument("--repeats", type=repeats, default=50, help="timed calls per figure (default: %(default)s)")
     parser.add_argument("--always-tiled", action="store_true", help="tile at every width, not only where the rule says")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
     if args.always_tiled:
         kernels.TRANSPOSE_ALIASED_STRIDE = 4     # every float32 row is a multiple of 4 bytes
     print(B.describe(), f"| ms per copy, median of {args.repeats} | tiled where a row spans a multiple of "

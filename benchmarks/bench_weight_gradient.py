@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from tinyitop import backend as B  # first: it sets OpenBLAS's thread timeout before NumPy loads BLAS
 from bench_layers import device_normal, median_ms
-from bench_options import Parser, positive_int
+from bench_options import Parser, repeats as repeat_count
 from tinyitop.layers import weight_gradient
 
 # (what, out, in, M): in = C*KH*KW of a conv, M = 128 images x output pixels
@@ -28,10 +28,15 @@ SHAPES = [("VGG/ResNet 1/4, 32x32, 3x3", 16, 144, 131072), ("VGG 1/4 first conv 
           ("MLP 3072 -> 4000, batch 128", 4000, 3072, 128)]
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing."""
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=positive_int, default=10, help="timed calls per figure (median)")
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--repeats", type=repeat_count, default=10, help="timed calls per figure (median)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    repeats = parse(argv).repeats
     print(f"backend: {B.name} | ms per product, median of {repeats} | ratios are what matter\n")
     print(f"{'shape':<32} {'out':>5} {'in':>5} {'M':>7} {'dY X^T':>8} {'(X dY^T)^T':>11} {'ratio':>6}  same  picked")
     for what, n_out, n_in, m in SHAPES:

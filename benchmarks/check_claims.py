@@ -16,7 +16,6 @@ below 0.75x the doc's, a memory figure above doc / 0.75); 2 for a bad option or 
 lacks. Claims against PyTorch are skipped, not failed, where torch does not import, and the
 Fashion-MNIST one where Debian's dataset-fashion-mnist is not installed.
 """
-import json
 import os
 import re
 import statistics
@@ -29,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_options import Parser, fail, positive_int  # noqa: E402
+import bench_sparse  # noqa: E402
+from bench_options import Parser, fail, whole_number  # noqa: E402
 
 DOC = os.path.join("docs", "SPEED.md")
 SHORTFALL = 0.75            # a figure more than 25% short of the documented one fails
@@ -68,21 +68,12 @@ def documented(doc_path):
     return found
 
 
-def bench_one(spec):
-    """One configuration of benchmarks/bench_sparse.py in a fresh process: its JSON result."""
-    out = subprocess.run([sys.executable, os.path.join(HERE, "bench_sparse.py"), "--one", json.dumps(spec)],
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-        fail(f"bench_sparse.py --one {json.dumps(spec)} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def interleaved(specs, rounds):
     """Each spec run once per round, in order, `rounds` times: {name: [result per round]}."""
     results = {name: [] for name in specs}
     for _ in range(rounds):
         for name, spec in specs.items():
-            results[name].append(bench_one(spec))
+            results[name].append(bench_sparse.launch(spec))   # a fresh process each
     return results
 
 
@@ -179,22 +170,31 @@ def verdict(claim_id, value, doc_value):
     return "ok" if ok else "SHORT"
 
 
-def main():
+def parse(argv=None):
+    """The options, checked before any timing (the doc must state every claim that will be checked)."""
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the paper MLP and the conv sparse/dense ratio only "
                                                               "(under a minute)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--rounds", type=whole_number(1, 100), default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--no-torch", action="store_true", help="skip the claims against PyTorch")
     parser.add_argument("--doc", default=DOC, help="the doc holding the claims table (default: %(default)s)")
-    args = parser.parse_args()
-    doc_path = args.doc if os.path.isabs(args.doc) else os.path.join(ROOT, args.doc)
-    if not os.path.isfile(doc_path):
+    args = parser.parse_args(argv)
+    args.doc_path = args.doc if os.path.isabs(args.doc) else os.path.join(ROOT, args.doc)
+    if not os.path.isfile(args.doc_path):
         fail(f"--doc {args.doc} is not a file")
-    wanted = [c for c, (_, _, quick) in CLAIMS.items() if quick or not args.quick]
-    docs = documented(doc_path)
-    missing = [c for c in wanted if c not in docs]
+    args.wanted = [c for c, (_, _, quick) in CLAIMS.items() if quick or not args.quick]
+    try:
+        args.documented = documented(args.doc_path)
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"--doc {args.doc} cannot be read as text ({type(err).__name__})")
+    missing = [c for c in args.wanted if c not in args.documented]
     if missing:
         fail(f"{args.doc} has no claims-table row for {', '.join(missing)}: state it there or drop it here")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     use_torch = not args.no_torch
     if use_torch:
         try:
@@ -210,8 +210,8 @@ def main():
         measured.update(measure_memory())
     print(f"{'claim':26s} {'documented':>10s} {'measured':>9s}  verdict  where ({args.rounds} interleaved rounds)")
     short = []
-    for claim_id in wanted:
-        doc_value, line = docs[claim_id]
+    for claim_id in args.wanted:
+        doc_value, line = args.documented[claim_id]
         where = f"{args.doc}:{line}"
         if claim_id not in measured:
             why = "torch does not import" if "torch" in claim_id else "no Fashion-MNIST in " + FASHION_DIR

@@ -49,13 +49,19 @@ for name, make, sparsity in (("vgg16", vgg16, 0.9), ("resnet18", resnet18, 0.9),
 """
 
 
-def main():
+def parse(argv=None):
+    """The two trees, checked before anything is trained."""
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs=2, metavar="TREE", help="two checkouts (folders holding tinyitop/)")
-    trees = parser.parse_args().trees
+    trees = parser.parse_args(argv).trees
     for tree in trees:
         if not os.path.isdir(os.path.join(tree, "tinyitop")):
             fail(f"{tree} is not a checkout of tinyitop (no tinyitop/ folder in it)")
+    return trees
+
+
+def main(argv=None):
+    trees = parse(argv)
     outputs = []
     for tree in trees:
         done = subprocess.run([sys.executable, "-c", CHILD, os.path.abspath(tree)], capture_output=True, text=True)

@@ -17,15 +17,17 @@ def fail(message):
     raise SystemExit(2)
 
 
-def whole_number(minimum):
-    """An argparse type: a whole number >= `minimum`."""
+def whole_number(minimum, maximum=None):
+    """An argparse type: a whole number >= `minimum` (and <= `maximum`, where a larger one cannot run)."""
+    span = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+
     def parse(text):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
         return value
     return parse
 
