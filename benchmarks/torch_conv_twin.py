@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from tinyitop.data import batches, load, split_validation  # noqa: E402
 from tinyitop.init import layer_densities  # noqa: E402
 from tinyitop.optim import MultiStepLR  # noqa: E402
-from tinyitop.options import Parser, seed, whole_number  # noqa: E402
+from tinyitop.options import Parser, fail, whole_number  # noqa: E402
+from tinyitop.report import read_summary  # noqa: E402
 from tinyitop.topology import prune_rate_at  # noqa: E402
 
 class SetMasks:
@@ -83,24 +84,37 @@ def evaluate(torch, model, x, y, data, batch_size):
     return correct / len(x)
 
 
-def main(argv=None):
+TORCH_SEEDS = 2 ** 64                # torch.manual_seed takes a 64-bit seed
+
+
+def parse(argv=None):
+    """The options and the run's settings, checked before torch is imported."""
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished tinyitop run folder (summary.json)")
-    parser.add_argument("--threads", type=whole_number(1), default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--torch-seed", type=seed, default=None,
+    parser.add_argument("--threads", type=whole_number(1, 256), default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--torch-seed", type=whole_number(0, TORCH_SEEDS - 1), default=None,
                         help="seed of PyTorch's weights and masks only; the batches stay the run's (default: the run's seed)")
     args = parser.parse_args(argv)
+    path = os.path.join(args.run, "summary.json")
     try:
-        with open(os.path.join(args.run, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, ValueError) as err:
-        print(f"error: {args.run} holds no readable summary.json of a finished run ({err})", file=sys.stderr)
-        raise SystemExit(2)
-    c = summary["config"]
+        args.summary = read_summary(path, remedy="give a finished run's folder")
+    except OSError as err:
+        fail(f"{path} cannot be read ({err.strerror}): give a finished run's folder")
+    except ValueError as err:                                # names the file and what is wrong in it
+        fail(str(err))
+    c = args.summary["config"]
     if c["model"] != "vgg16" or c["method"] not in ("dense", "static", "set"):
-        print(f"error: the twin trains vgg16 dense, static or set runs; {args.run} is {c['model']} {c['method']}",
-              file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"the twin trains vgg16 dense, static or set runs; {args.run} is {c['model']} {c['method']}")
+    if args.torch_seed is None and c["seed"] >= TORCH_SEEDS:
+        fail(f"the run's seed {c['seed']} is too large for torch.manual_seed: give --torch-seed")
+    if args.summary["test_acc_at_best_val"] is None:
+        fail(f"{args.run} was trained without a validation split: the twin is compared at the best validation epoch")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    summary, c = args.summary, args.summary["config"]
     try:
         import torch
         import torch.nn as nn

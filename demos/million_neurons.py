@@ -26,7 +26,6 @@ Why these settings:
 The report (s/epoch, peak memory, what the dense net would need, accuracy, R_s) lands in OUT/report.md.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -85,8 +84,7 @@ def adjust(args, settings):
 def report(config, run):
     """OUT/report.md: the run's cost and result next to what the dense network would need."""
     rows = read_jsonl(os.path.join(config.out, "metrics.jsonl"))
-    with open(os.path.join(config.out, "summary.json")) as f:
-        summary = json.load(f)
+    summary = run.summary
     sizes = [run.data.in_features, *config.hidden, run.data.num_classes]
     dense_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     active = sum(rows[-1]["nnz_per_layer"].values())

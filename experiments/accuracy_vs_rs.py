@@ -4,12 +4,13 @@
 
 Each run's label is its folder name; runs are coloured by sparsity (dense runs: R_s 1).
 """
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from tinyitop.atomic import check_target  # noqa: E402
 from tinyitop.options import Parser, fail  # noqa: E402
+from tinyitop.report import read_summary  # noqa: E402
 from tinyitop.plots import accuracy_vs_rs  # noqa: E402
 
 
@@ -23,6 +24,10 @@ def main(argv=None):
         fail(f"{out} exists: choose another file name for the figure (nothing is overwritten)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         fail(f"the folder of {out} does not exist")
+    try:
+        check_target(out)                                 # a folder, a folder that cannot be written
+    except OSError as err:
+        fail(str(err))
     points, seen = [], set()
     missing = [folder for folder in args.folders if not os.path.isdir(folder)]
     if missing:
@@ -34,16 +39,17 @@ def main(argv=None):
                 continue
             seen.add(os.path.realpath(path))
             try:
-                with open(path, encoding="utf-8") as f:
-                    s = json.load(f)
+                s = read_summary(path, remedy="move it away or train that run again")
                 sparsity = 0 if s["config"]["method"] == "dense" else float(s["config"]["sparsity"])
                 # The test accuracy at the best validation epoch; a run without a validation split has
                 # none, and gives its last epoch's.
                 accuracy = s["test_acc_at_best_val"] if s.get("test_acc_at_best_val") is not None else s["last_test_acc"]
                 point = (run.replace("_seed=0", "").replace("update_interval=", "Delta T "), float(s["final_rs"]),
                          float(s["final_rs_reliable"]), float(accuracy), f"sparsity {sparsity:g}")
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-                fail(f"{path} is not a finished run's summary ({type(err).__name__}: {err}); move it or run it again")
+            except OSError as err:
+                fail(f"{path} cannot be read ({err.strerror})")
+            except ValueError as err:                        # names the file and what is wrong in it
+                fail(str(err))
             points.append(point)
     if not points:
         fail(f"no finished run (summary.json) under {', '.join(args.folders)}")

@@ -8,7 +8,6 @@ sample standard deviation of the metric, R_s and reliable R_s, and against the b
 difference of the means, its standard error sqrt(sd_a^2/n_a + sd_b^2/n_b) (Welch) and their ratio.
 A difference counts as shown when it exceeds 2 standard errors with at least 3 seeds a side.
 """
-import json
 import math
 import os
 import re
@@ -16,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
 from tinyitop.options import Parser, fail  # noqa: E402
+from tinyitop.report import read_summary  # noqa: E402
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable")
 
@@ -35,11 +35,12 @@ def groups(folder):
         if not match or not os.path.isfile(path):
             continue
         try:
-            with open(path, encoding="utf-8") as f:
-                summary = json.load(f)
-            values = {m: float(summary[m]) for m in METRICS if summary.get(m) is not None}
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            fail(f"{path} is not a finished run's summary ({err})")
+            summary = read_summary(path, remedy="move it away or train that run again")
+        except OSError as err:
+            fail(f"{path} cannot be read ({err.strerror})")
+        except ValueError as err:                            # names the file and what is wrong in it
+            fail(str(err))
+        values = {m: float(summary[m]) for m in METRICS if summary.get(m) is not None}
         found.setdefault(match.group("label"), {})[int(match.group("seed"))] = values
     return found
 
@@ -81,6 +82,11 @@ def main(argv=None):
     if baseline not in found:
         fail(f"--baseline {args.baseline!r}: no finished run with that label in {args.folder} "
              f"(labels: {', '.join(found) or 'none'})")
+    missing = [f"{label}_seed={seed}" for label, runs in found.items() for seed, values in runs.items()
+               if args.metric not in values]
+    if missing:                                             # a run trained without a validation split
+        fail(f"{os.path.join(args.folder, missing[0], 'summary.json')} has no {args.metric} (trained without a "
+             f"validation split{', as are others' if len(missing) > 1 else ''}): give --metric last_test_acc")
     print(table(found, baseline, args.metric))
 
 

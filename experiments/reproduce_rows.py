@@ -8,7 +8,6 @@ the prune rate's cosine stay where the full run had them) in a temporary folder,
 --epochs epochs, and its epoch and update rows are compared with the logged ones. Prints "same rows"
 (exit 0) or the first difference (exit 1).
 """
-import json
 import os
 import sys
 import tempfile
@@ -17,7 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tinyitop.cli import dataset_arg  # noqa: E402
 from tinyitop.config import Config  # noqa: E402
 from tinyitop.options import Parser, fail  # noqa: E402
-from tinyitop.metrics import TIMING_FIELDS, read_jsonl  # noqa: E402
+from tinyitop.report import TrainingDiverged, read_summary  # noqa: E402
+from tinyitop.data import DatasetError  # noqa: E402
+from tinyitop.metrics import EPOCH_FIELDS, TIMING_FIELDS, UPDATE_FIELDS, read_jsonl  # noqa: E402
 from tinyitop.train import train  # noqa: E402
 
 
@@ -25,8 +26,13 @@ class _Stop(Exception):
     pass
 
 
-def _rows(path, keep):
-    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in read_jsonl(path) if keep(row)]
+def _rows(path, fields, keep):
+    """The rows of a log that `keep` accepts, without the machine's timings; a damaged log is one line."""
+    try:
+        rows = read_jsonl(path, fields)
+    except (OSError, ValueError) as err:                     # each names the file (and line)
+        fail(str(err).replace("use --overwrite to start the run again", "give a run folder whose logs are whole"))
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows if keep(row)]
 
 
 def main(argv=None):
@@ -35,16 +41,16 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2, help="epochs to re-run (default: %(default)s)")
     parser.add_argument("--dataset", type=dataset_arg, default=None, help="the data set file, if not where the run found it")
     args = parser.parse_args(argv)
+    path = os.path.join(args.run, "summary.json")
     try:
-        with open(os.path.join(args.run, "summary.json"), encoding="utf-8") as f:
-            settings = json.load(f)["config"]
-        config = Config(**{**settings, "hidden": tuple(settings["hidden"]),
-                           "dense_layers": tuple(settings.get("dense_layers") or ())})
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        fail(f"{args.run}: no readable summary.json with the run's settings ({err})")
+        config = Config(**read_summary(path, remedy="give a finished run's folder")["config"])
+    except OSError as err:
+        fail(f"{path} cannot be read ({err.strerror}): give a finished run's folder")
+    except ValueError as err:                                # names the file and what is wrong in it
+        fail(str(err))
     if not 1 <= args.epochs <= config.total_epochs:
         fail(f"--epochs must be in [1, {config.total_epochs}], got {args.epochs}")
-    logged_rows = _rows(os.path.join(args.run, "metrics.jsonl"), lambda row: row["epoch"] <= args.epochs)
+    logged_rows = _rows(os.path.join(args.run, "metrics.jsonl"), EPOCH_FIELDS, lambda row: row["epoch"] <= args.epochs)
     with tempfile.TemporaryDirectory() as scratch:
         again = Config(**{**config.to_json(), "hidden": config.hidden, "dense_layers": config.dense_layers,
                           "out": os.path.join(scratch, "run"), "resume": False, "overwrite": False, "progress": False,
@@ -57,15 +63,16 @@ def main(argv=None):
             train(again, log=lambda *_: None, on_epoch_end=stop)
         except _Stop:
             pass
-        rows = _rows(os.path.join(again.out, "metrics.jsonl"), lambda row: True)
+        except (ValueError, OSError, DatasetError, TrainingDiverged) as err:    # e.g. its data set is gone
+            fail(f"re-running {args.run} failed: {err}")
+        rows = _rows(os.path.join(again.out, "metrics.jsonl"), EPOCH_FIELDS, lambda row: True)
         last_step = rows[-1]["iteration"] if rows else 0        # updates up to the last re-run epoch's end
         pairs = [("metrics.jsonl", logged_rows, rows)]
         updates = os.path.join(args.run, "updates.jsonl")
         if os.path.exists(updates) or os.path.exists(os.path.join(again.out, "updates.jsonl")):
             keep = lambda row: row["iteration"] <= last_step  # noqa: E731
             mine = os.path.join(again.out, "updates.jsonl")
-            pairs.append(("updates.jsonl", _rows(updates, keep) if os.path.exists(updates) else [],
-                          _rows(mine, keep) if os.path.exists(mine) else []))
+            pairs.append(("updates.jsonl", _rows(updates, UPDATE_FIELDS, keep), _rows(mine, UPDATE_FIELDS, keep)))
     for name, logged, fresh in pairs:
         if logged != fresh:
             where = next((i for i, (a, b) in enumerate(zip(logged, fresh)) if a != b), min(len(logged), len(fresh)))

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tinyitop.atomic import atomic_write  # noqa: E402
+from tinyitop.atomic import atomic_write, check_target  # noqa: E402
 from tinyitop.options import Parser, fail, seed  # noqa: E402
 
 
@@ -43,6 +43,10 @@ def main(argv=None):
         fail(f"{out} exists; choose another name (nothing is overwritten)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         fail(f"the folder of {out} does not exist")
+    try:
+        check_target(out)                                 # a folder, a folder that cannot be written
+    except OSError as err:
+        fail(str(err))
     try:
         with np.load(args.source, allow_pickle=False) as archive:
             data = {k: archive[k] for k in archive.files}

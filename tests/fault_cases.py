@@ -23,3 +23,15 @@ def assert_one_line_naming(code, err, option):
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
         names = (option, option[2:], option[2:].replace("-", "_"), option[2:].replace("-", " "))
         assert any(name in lines[0] for name in names), f"the error does not name {option}: {lines[0]}"
+
+
+def summary_json(config=None, **fields):
+    """A complete summary.json text of a finished run, as report.summarise writes it: Config's
+    defaults with `config` over them, and these metrics with `fields` over them."""
+    import json
+    from tinyitop.config import Config
+    summary = {"best_epoch": 1, "best_val_acc": 0.5, "test_acc_at_best_val": 0.5, "last_test_acc": 0.5,
+               "best_test_acc": 0.5, "final_rs": 0.1, "final_rs_reliable": 0.05, "final_train_acc": 0.5,
+               "train_flops_rel": 0.1, "test_flops_rel": 0.1, "epochs": 1, "iterations": 1,
+               "config": Config(**(config or {})).to_json()}
+    return json.dumps({**summary, **fields})

@@ -7,7 +7,10 @@ Each case must end in a normal run, or in exit status 2 with one `error:` line n
 traceback, and the run folder byte for byte as it was.
 """
 import functools
+import importlib.util
 import json
+import os
+import re
 import shutil
 import zipfile
 
@@ -17,6 +20,7 @@ import pytest
 from fault_cases import tree_digest
 from tinyitop import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
        "--batch-size", "16", "--update-interval", "2", "--no-progress", "--no-plots"]
 
@@ -54,11 +58,13 @@ def _mutate(document, path, value):
 
 
 def _check(argv, named, folder, capsys):
-    """Run a command: None for a normal run or one error line naming `named` with the folder
-    unchanged; else what went wrong (a traceback's exception, several lines, an unnamed file...)."""
+    """Run a command (the CLI's arguments, or a function: a script's main): None for a normal run or
+    one error line naming `named` with the folder unchanged; else what went wrong (a traceback's
+    exception, several lines, an unnamed file...)."""
     before = tree_digest(folder)
     try:
-        code = cli.main(argv)
+        code = argv() if callable(argv) else cli.main(argv)
+        code = 0 if code is None else code
     except SystemExit as stop:
         code = stop.code
     except Exception as err:                                  # what a user would see as a traceback
@@ -255,3 +261,68 @@ def test_every_array_of_a_damaged_npz_data_set_trains_or_is_refused_naming_it(tm
         if problem:
             problems.append(f"{name} {how}: {problem}")
     assert not problems, f"{len(problems)} of {len(cases)} cases:\n" + "\n".join(problems)
+
+
+def _script(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The scripts that read a finished run's summary.json (sweeps and figures: above), each given a folder
+# holding one copy of the run, named as a sweep names its runs
+SUMMARY_READERS = {
+    "accuracy_vs_rs.py": lambda runs, tmp: _script("experiments/accuracy_vs_rs.py").main(
+        [str(tmp / f"figure{len(os.listdir(tmp))}.png"), str(runs)]),
+    "compare_methods.py": lambda runs, tmp: _script("experiments/compare_methods.py").main([str(runs), "--baseline", "a"]),
+    "reproduce_rows.py": lambda runs, tmp: _rows_compared(_script("experiments/reproduce_rows.py").main,
+                                                          [str(runs / "a_seed=0"), "--epochs", "1"]),
+}
+
+
+def _rows_compared(main, argv):
+    """reproduce_rows' exit status 1 is a result (the re-run rows differ, e.g. from a summary whose
+    limit_train was dropped), not a fault."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        if stop.code == 1:
+            return 0
+        raise
+
+
+@pytest.mark.parametrize("reader", list(SUMMARY_READERS))
+def test_every_field_of_a_damaged_summary_read_by_a_script_is_refused_naming_it(finished_run, tmp_path, capsys, reader):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(finished_run, runs / "a_seed=0", ignore=shutil.ignore_patterns(".lock"))
+    summary = runs / "a_seed=0" / "summary.json"
+    original = json.loads(summary.read_text())
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    problems, cases = [], [(p, v) for p, v in _field_cases(original)] + [(None, w) for w in WHOLE]
+    for path, value in cases:
+        summary.write_text(value if path is None else _mutate(original, path, value))
+        problem = _check(lambda: SUMMARY_READERS[reader](runs, figures), "summary.json", runs, capsys)
+        if problem:
+            problems.append(f"{_describe(reader, path, value)}: {problem}")
+    assert not problems, f"{len(problems)} of {len(cases)} cases:\n" + "\n".join(problems)
+
+
+def test_every_json_text_is_parsed_by_parse_json():
+    """JSON read from a file goes through atomic.parse_json (deep nesting: a ValueError naming the
+    file), and summary.json through report.read_summary: a reader added later is covered by the
+    matrices above. Allowed: the JSON a benchmark's own child process prints."""
+    offenders = []
+    for folder in ("tinyitop", "experiments", "demos", "benchmarks"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if not name.endswith(".py") or (folder, name) == ("tinyitop", "atomic.py"):
+                continue
+            with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if re.search(r"json\.loads?\(", line) and not re.search(r"json\.loads\((done|result)\.stdout|sys\.argv", line):
+                        offenders.append(f"{folder}/{name}:{number}: {line.strip()}")
+                    if "summary.json" in line and re.search(r"\bopen\(|parse_json\(", line):
+                        offenders.append(f"{folder}/{name}:{number} (use report.read_summary): {line.strip()}")
+    assert not offenders, "\n".join(offenders)

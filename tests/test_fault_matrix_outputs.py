@@ -5,6 +5,9 @@ path; a user's file is never changed."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -17,8 +20,8 @@ TRAIN = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "6
          "--batch-size", "16", "--no-progress", "--no-plots"]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", name + ".py"))
+def _script(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,28 +45,42 @@ def _finished_run(folder):
     assert cli.main(TRAIN + ["--out", str(folder)]) == 0
 
 
-# entry point -> (the output's expected extension or None for a folder, a function running it on `out`)
+# entry point -> (the output's expected extension or None for a folder, its arguments given `out`): the
+# arguments follow `python -m tinyitop` or the script's path
 ENTRIES = {
-    "train --out": (None, lambda tmp, out: cli.main(TRAIN + ["--out", out])),
-    "sweep --root": (None, lambda tmp, out: cli.main(["sweep", str(tmp / "tiny.json"), "--root", out, "--status"])),
-    "pack-images OUT": (".npz", lambda tmp, out: cli.main(["pack-images", str(tmp / "imgs"), out])),
-    "subset_npz.py OUT": (".npz", lambda tmp, out: _script("subset_npz").main([str(tmp / "data.npz"), out, "--train",
-                                                                              "4", "--test", "2"])),
-    "accuracy_vs_rs.py OUT": (".png", lambda tmp, out: _script("accuracy_vs_rs").main([out, str(tmp / "done")])),
+    "train --out": (None, lambda tmp, out: ["-m", "tinyitop", *TRAIN, "--out", out]),
+    "sweep --root": (None, lambda tmp, out: ["-m", "tinyitop", "sweep", str(tmp / "tiny.json"), "--root", out, "--status"]),
+    "pack-images OUT": (".npz", lambda tmp, out: ["-m", "tinyitop", "pack-images", str(tmp / "imgs"), out]),
+    "subset_npz.py OUT": (".npz", lambda tmp, out: ["experiments/subset_npz.py", str(tmp / "data.npz"), out, "--train",
+                                                   "4", "--test", "2"]),
+    "accuracy_vs_rs.py OUT": (".png", lambda tmp, out: ["experiments/accuracy_vs_rs.py", out, str(tmp / "done")]),
 }
 SHAPES = ["new/deeper/name", "a folder", "the user's file", "the user's file without extension", "under a file"]
 
 
-@pytest.mark.parametrize("entry", list(ENTRIES))
-@pytest.mark.parametrize("shape", SHAPES)
-def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(tmp_path, capsys, entry, shape):
-    extension, run = ENTRIES[entry]
+def _run_here(args):
+    """Exit status of `python ARGS`, run in this process (a script's main() returning nothing: 0)."""
+    try:
+        code = cli.main(args[2:]) if args[:2] == ["-m", "tinyitop"] else _script(args[0]).main(args[1:])
+    except SystemExit as stop:
+        code = stop.code
+    return 0 if code is None else code
+
+
+def _inputs(tmp_path, entry):
     (tmp_path / "tiny.json").write_text(json.dumps({"name": "tiny", "reduced": {
         "base": {"dataset": "synthetic", "hidden": [8], "epochs": 1, "limit_train": 64}, "grid": {"seed": [0]}}}))
     _images(tmp_path / "imgs")
     _npz(tmp_path / "data.npz")
     if entry.startswith("accuracy"):
         _finished_run(tmp_path / "done")
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(tmp_path, capsys, entry, shape):
+    extension, arguments = ENTRIES[entry]
+    _inputs(tmp_path, entry)
     user = tmp_path / "user"
     user.mkdir()
     (user / "afile").write_text("the user's own")
@@ -75,11 +92,7 @@ def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(t
            "under a file": user / "afile" / ("x" + (extension or ""))}[shape]
     before = tree_digest(user)
     capsys.readouterr()
-    try:
-        code = run(tmp_path, str(out))
-    except SystemExit as stop:
-        code = stop.code
-    code = 0 if code is None else code                   # a script's main() that returns nothing: done
+    code = _run_here(arguments(tmp_path, str(out)))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning", "note"))]
     if code == 2 and lines and "nothing to gather" in lines[-1]:
@@ -91,3 +104,48 @@ def test_every_output_path_shape_works_or_is_one_line_and_the_users_files_stay(t
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
         assert os.path.basename(str(out)) in lines[0] or str(out) in lines[0], f"the error does not name {out}: {lines[0]}"
         assert after == before, "a refused command left something behind"
+
+
+def _as_a_user():
+    """The prefix that runs a command the way a user's own account would: root's override of file
+    permissions (CAP_DAC_OVERRIDE) dropped, so that a read-only folder is read-only to it. [] when this
+    is not root; None when it is and setpriv cannot drop it."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set=-dac_override"]
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            os.chmod(folder, 0o555)
+            done = subprocess.run([*prefix, sys.executable, "-c", "import os, sys; sys.exit(os.access(sys.argv[1], os.W_OK))",
+                                   folder], capture_output=True)
+            os.chmod(folder, 0o755)
+    except OSError:                                      # no setpriv
+        return None
+    return prefix if done.returncode == 0 else None
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_an_output_path_in_a_read_only_folder_is_one_line_naming_it(tmp_path, entry):
+    """Read-only: the folder the output goes in (or the output folder itself) cannot be written."""
+    prefix = _as_a_user()
+    if prefix is None:
+        pytest.skip("runs as root and setpriv cannot drop root's override of file permissions")
+    extension, arguments = ENTRIES[entry]
+    _inputs(tmp_path, entry)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "theirs.txt").write_text("the user's own")
+    out = locked / ("name" + (extension or ""))
+    os.chmod(locked, 0o555)
+    try:
+        before = tree_digest(locked)
+        done = subprocess.run([*prefix, sys.executable, *arguments(tmp_path, str(out))], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, TINYITOP_BACKEND="numpy"))
+        after = tree_digest(locked)
+    finally:
+        os.chmod(locked, 0o755)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("warning", "note"))]
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (done.returncode, done.stderr)
+    assert "name" in lines[0] or str(locked) in lines[0], f"the error does not name {out}: {lines[0]}"
+    assert after == before

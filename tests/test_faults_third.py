@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from fault_cases import summary_json
 from tinyitop.cli import main as cli_main
 from tinyitop.metrics import read_jsonl
 from tinyitop.train import Config, train
@@ -353,7 +354,7 @@ def test_a_sweep_config_that_is_missing_or_a_folder_is_named(tmp_path, capsys, n
     (["subset_npz.py", "{data}", "{data_stem}", "--train", "5", "--test", "5"], "exists"),   # np.savez adds .npz
     (["accuracy_vs_rs.py", "{data_stem}", "{missing}"], "data.png exists"),            # matplotlib adds .png
     (["accuracy_vs_rs.py", "{tmp}", "{missing}"], "exists"),                           # a folder as OUT
-    (["accuracy_vs_rs.py", "{out}.png", "{sweep}"], "summary.json is not a finished run's summary"),
+    (["accuracy_vs_rs.py", "{out}.png", "{sweep}"], "summary.json has no 'best_epoch'"),
     (["subset_npz.py", "{unbalanced}", "{out}", "--train", "12", "--test", "2"], "class 1 has 4 train images"),
 ])
 def test_the_experiment_scripts_check_their_inputs(tmp_path, args, fragment):
@@ -425,9 +426,9 @@ def test_accuracy_vs_rs_reads_runs_without_validation_and_prints_the_file_it_wro
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "sweep" / "run").mkdir(parents=True)
-    (tmp_path / "sweep" / "run" / "summary.json").write_text(json.dumps(
-        {"config": {"method": "set", "sparsity": 0.9}, "final_rs": 0.2, "final_rs_reliable": 0.15,
-         "test_acc_at_best_val": None, "last_test_acc": 0.5}))        # --val-fraction 0: no best epoch
+    (tmp_path / "sweep" / "run" / "summary.json").write_text(summary_json(
+        {"method": "set", "sparsity": 0.9, "val_fraction": 0.0}, final_rs=0.2, final_rs_reliable=0.15,
+        best_epoch=None, best_val_acc=None, test_acc_at_best_val=None, last_test_acc=0.5))   # no best epoch
     result = subprocess.run([sys.executable, os.path.join(root, "experiments", "accuracy_vs_rs.py"),
                              str(tmp_path / "figure"), str(tmp_path / "sweep")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -469,8 +470,8 @@ def test_compare_methods_gives_the_difference_of_seed_means_and_its_standard_err
     for label, values in accuracies.items():
         for seed, value in enumerate(values):
             (tmp_path / f"{label}_seed={seed}").mkdir()
-            (tmp_path / f"{label}_seed={seed}" / "summary.json").write_text(json.dumps(
-                {"test_acc_at_best_val": value, "last_test_acc": value, "final_rs": 0.1, "final_rs_reliable": 0.05}))
+            (tmp_path / f"{label}_seed={seed}" / "summary.json").write_text(summary_json(
+                test_acc_at_best_val=value, last_test_acc=value, final_rs=0.1, final_rs_reliable=0.05))
     result = subprocess.run([sys.executable, os.path.join(root, "experiments", "compare_methods.py"), str(tmp_path),
                              "--baseline", "static 0.98"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -69,8 +69,12 @@ class JsonLines:
         line (a crash mid-write) when `drop_torn_last`: it is dropped with a warning."""
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            lines = f.readlines()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                lines = f.readlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path} is not text (UTF-8): the file is damaged; "
+                             "use --overwrite to start the run again") from None
         rows = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -96,8 +100,9 @@ class JsonLines:
             atomic_write(self.path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
 
 
-def read_jsonl(path):
-    return JsonLines(path).read()
+def read_jsonl(path, fields=None):
+    """The rows of a JSON-lines log ([] if it does not exist); with `fields`, each row checked."""
+    return JsonLines(path, fields=fields).read()
 
 
 # Fields of an epoch's row that measure the machine, not the experiment: they differ between two

@@ -9,13 +9,13 @@
   same corner at every update as an animated GIF, beside R_s and reliable R_s growing.
 Each figure's title names the run (model, data, method, sparsity, Delta T).
 """
-import json
 import os
 
 import numpy as np
 
 from tinyitop import backend as B
 from tinyitop.metrics import format_rs, read_jsonl
+from tinyitop.report import read_summary
 
 
 def _pyplot():
@@ -30,8 +30,7 @@ def _run_config(run_dir):
     path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)["config"]
+    return read_summary(path)["config"]          # damaged: a ValueError naming it
 
 
 def run_title(run_dir):

@@ -1,13 +1,16 @@
 """What a run reports: evaluation, the epoch row of metrics.jsonl, the update row of updates.jsonl,
 and summary.json at the end (the best-validation epoch's test accuracy, R_s, FLOPs)."""
+import dataclasses
+import json
 import math
 import os
 
 from tinyitop import backend as B
-from tinyitop.config import EXPLORING
+from tinyitop.atomic import parse_json
+from tinyitop.config import EXPLORING, Config
 from tinyitop.data import batches
 from tinyitop.losses import SoftmaxCrossEntropy, accuracy_count
-from tinyitop.metrics import format_rs, peak_rss_mb, progress
+from tinyitop.metrics import NUMBER, OPTIONAL_NUMBER, check_row, format_rs, peak_rss_mb, progress
 from tinyitop.rundir import write_json
 from tinyitop.topology import prune_rate_at, sparse_layers
 
@@ -62,6 +65,7 @@ def update_row(setup, step, epoch, rate):
             **mask_crop(setup.updater.layers[first].weight, setup.updater.last_update[first][2])}
 
 
+
 def epoch_row(config, setup, epoch, step, last_rate, train, val, test, train_seconds, seconds, n_train):
     """metrics.jsonl's row for one epoch. train/val/test are (loss, accuracy) pairs."""
     if last_rate is None:
@@ -73,6 +77,41 @@ def epoch_row(config, setup, epoch, step, last_rate, train, val, test, train_sec
             "rs_reliable": setup.exploration.rs_reliable(), **layer_stats(setup.model, setup.exploration),
             "seconds": seconds, "train_seconds": train_seconds, "samples_per_s": n_train / seconds,
             "peak_rss_mb": peak_rss_mb()}
+
+
+# What summary.json holds (summarise writes it; sweeps, figures and the experiments/ scripts read it), and
+# the JSON types: every reader goes through read_summary, so a damaged file is one line naming it.
+SUMMARY_FIELDS = {"best_epoch": (int, type(None)), "best_val_acc": OPTIONAL_NUMBER, "test_acc_at_best_val": OPTIONAL_NUMBER,
+                  "last_test_acc": NUMBER, "best_test_acc": NUMBER, "final_rs": NUMBER, "final_rs_reliable": NUMBER,
+                  "final_train_acc": NUMBER, "train_flops_rel": NUMBER, "test_flops_rel": NUMBER, "epochs": int,
+                  "iterations": int, "config": dict}
+
+
+class TornSummary(ValueError):
+    """summary.json is not JSON: written in part (a crash mid-write, a full disk) or damaged."""
+
+
+def read_summary(path, remedy="move it away, or train the run again"):
+    """A finished run's summary.json, checked: every field above, of its type, and a config that names
+    every setting of a run, each of the right kind. OSError if it cannot be opened; TornSummary if it
+    is not JSON; ValueError for anything else; each names the file and the remedy."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        summary = parse_json(raw.decode("utf-8"), path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TornSummary(f"{path} is not valid JSON ({type(err).__name__}): the file is damaged; {remedy}") from None
+    check_row(summary, SUMMARY_FIELDS, path, remedy)
+    settings = summary["config"]
+    names = {field.name for field in dataclasses.fields(Config)}
+    unknown = sorted(names ^ set(settings))
+    try:
+        if unknown:
+            raise ValueError(f"settings missing or unknown: {', '.join(unknown)}")
+        Config(**settings).validate()                  # kinds and values: what a run could have been given
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} has a damaged \"config\" ({err}); {remedy}") from None
+    return summary
 
 
 def summarise(config, state, metrics, step, log):

@@ -14,7 +14,7 @@ import sys
 from tinyitop import checkpoint
 from tinyitop.atomic import parse_json
 from tinyitop.config import Config, changed_settings
-from tinyitop.metrics import NUMBER, OPTIONAL_NUMBER, check_row
+from tinyitop.report import TornSummary, read_summary
 
 METRICS = ("test_acc_at_best_val", "last_test_acc", "final_rs", "final_rs_reliable", "final_train_acc",
            "generalization_gap", "train_flops_rel", "test_flops_rel")
@@ -182,26 +182,15 @@ def train_command(settings, out):
     return args
 
 
-# What the sweep reads from a run's summary.json (its settings and the table's metrics), and the JSON types.
-SUMMARY_FIELDS = {"config": dict, **{m: OPTIONAL_NUMBER for m in METRICS if m != "generalization_gap"},
-                  "final_train_acc": NUMBER, "last_test_acc": NUMBER, "final_rs": NUMBER}
-
-
 def finished_summary(folder, run_id):
     """A finished run's summary.json, or None: absent, or torn (a crash mid-write, a full disk), in
     which case the run is not finished: rerunning its command resumes the checkpoint and rewrites it.
     One that reads but lacks what the sweep needs is an error naming it."""
-    path = os.path.join(folder, run_id, "summary.json")
     try:
-        with open(path) as f:
-            summary = parse_json(f.read(), path)          # nested too deeply: a ValueError naming it
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_summary(os.path.join(folder, run_id, "summary.json"), remedy="move it away and run the sweep "
+                            "again: that run then resumes from its checkpoint and writes it anew")
+    except (OSError, TornSummary):
         return None
-    check_row(summary, SUMMARY_FIELDS, path, remedy="move it away and run the sweep again: that run then resumes "
-              "from its checkpoint and writes it anew")
-    return summary
-
-
 
 
 def varied_settings(commands):
