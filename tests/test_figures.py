@@ -107,3 +107,13 @@ def test_sweep_curves_average_the_seeds_of_a_group_and_say_so(tmp_path, monkeypa
     plots.sweep_curves({"SET": [str(tmp_path / "s0"), str(tmp_path / "s1")]}, str(tmp_path / "c.png"), "t")
     line = drawn[0]
     assert list(line.get_ydata()) == pytest.approx([0.6, 0.7]) and line.get_label() == "SET (mean of 2 seeds, band: min-max)"
+
+
+def test_the_mask_figures_say_what_a_conv_layers_rows_and_columns_are():
+    """A conv's mask is (out channels, in channels x kh x kw): the figures say so, not 'input units 0-26'."""
+    from tinyitop.report import matrix_words
+    from tinyitop.sparse import SparseConv2d, SparseLinear
+    conv = matrix_words(SparseConv2d(3, 8, 3, padding=1, density=0.5))
+    assert conv == {"layer": "a 3x3 convolution", "rows": "output channels",
+                    "columns": "(input channel, 3x3 kernel offset) pairs, 3 x 9"}
+    assert matrix_words(SparseLinear(6, 4, density=0.5))["columns"] == "input units"

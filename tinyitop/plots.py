@@ -181,17 +181,23 @@ def mask_evolution(run_dir, path=None, panels=6):
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][0].set_ylabel(f"{chosen[0]['crop_layer']}: output units 0-{rows - 1}", fontsize=9)
-    axes[0][0].set_xlabel(f"input units 0-{cols - 1}", fontsize=9)
+    words = _matrix_words(chosen[0])
     shown = ", ".join(str(updates.index(u) + 1) for u in chosen)
-    fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']}, top-left {rows}x{cols} of its mask after updates "
+    fig.suptitle(f"{run_title(run_dir)}\n{chosen[0]['crop_layer']} (the first sparse layer, {words['layer']}), "
+                 f"top-left {rows}x{cols} of its mask after updates "
                  f"{shown} of {len(updates)}: black active, orange grown at that update, grey active after an "
-                 f"earlier update (explored)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.84))
+                 f"earlier update (explored)\nrows: {words['rows']} 0-{rows - 1}; columns: {words['columns']}, "
+                 f"0-{cols - 1}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.80))
     path = path or os.path.join(run_dir, "mask_evolution.png")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _matrix_words(update):
+    """The crop's layer and axes in words (report.matrix_words; logs from before it: a linear layer's)."""
+    return update.get("crop_axes") or {"layer": "a linear layer", "rows": "output units", "columns": "input units"}
 
 
 def _mask_pictures(updates):
@@ -226,8 +232,8 @@ def mask_animation(run_dir, path=None, max_frames=60, fps=4):
     mask_ax.set_xticks([])
     mask_ax.set_yticks([])
     rows, cols = updates[0]["crop_shape"]
-    mask_ax.set_xlabel(f"{updates[0]['crop_layer']}: input units 0-{cols - 1} (x), output units 0-{rows - 1} (y)\nblack active, orange "
-                       "just grown, grey explored", fontsize=8)
+    words = _matrix_words(updates[0])
+    mask_ax.set_xlabel("black active, orange just grown,\ngrey explored (active after an earlier update)", fontsize=8)
     curves = {}
     for key, label, color in (("rs", "R_s", "tab:blue"), ("rs_reliable", "reliable R_s", "tab:green")):
         values = [u[key] for u in updates]
@@ -236,8 +242,9 @@ def mask_animation(run_dir, path=None, max_frames=60, fps=4):
     rs_ax.set_xlabel("iteration")
     rs_ax.set_ylabel("fraction of all weights explored")
     rs_ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(run_title(run_dir), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(f"{run_title(run_dir)}\nleft: {updates[0]['crop_layer']} ({words['layer']}), top-left corner of its "
+                 f"mask; rows: {words['rows']} 0-{rows - 1},\ncolumns: {words['columns']}, 0-{cols - 1}", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     images = []
     for i in frames:                          # one draw per frame (FuncAnimation's save draws each three times)
         image.set_data(pictures[i])

@@ -61,9 +61,18 @@ def update_row(setup, step, epoch, rate):
     exploration = setup.exploration
     return {"iteration": step, "epoch": epoch + 1, "prune_rate": rate, "rs": exploration.rs(),
             "rs_reliable": exploration.rs_reliable(), "rs_per_layer": exploration.rs_per_layer(),
-            "crop_layer": first,
+            "crop_layer": first, "crop_axes": matrix_words(setup.updater.layers[first]),
             **mask_crop(setup.updater.layers[first].weight, setup.updater.last_update[first][2])}
 
+
+def matrix_words(layer):
+    """What a sparse layer is, and what the rows and columns of its weight matrix are, in words (for
+    the figures): a conv's matrix is (out channels, in channels x kh x kw), im2col's layout."""
+    if hasattr(layer, "kernel_size"):
+        kh, kw = layer.kernel_size
+        return {"layer": f"a {kh}x{kw} convolution", "rows": "output channels",
+                "columns": f"(input channel, {kh}x{kw} kernel offset) pairs, {layer.in_channels} x {kh * kw}"}
+    return {"layer": "a linear layer", "rows": "output units", "columns": "input units"}
 
 
 def epoch_row(config, setup, epoch, step, last_rate, train, val, test, train_seconds, seconds, n_train):
