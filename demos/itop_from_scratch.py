@@ -1,18 +1,16 @@
 """SET-ITOP from scratch: a truly sparse MLP that explores its connectivity, in NumPy + scipy.sparse.
 
-The lesson and the specification of tinyitop: tests/test_from_scratch.py trains both with the same
-seed and finds the same masks and R_s at every update. Read it top to bottom:
+tinyitop's specification too (tests/test_from_scratch.py: same seed, same masks and R_s). In order:
   1. every weight matrix is a CSR matrix holding only the active connections (no dense mask);
   2. backprop computes the weight gradient only at those connections;
   3. every Delta T iterations each layer drops its smallest weights, grows as many at random (SET);
   4. the ITOP rate R_s, the fraction of all weights ever active, grows with every update; "reliable"
-     R_s counts a grown weight once it survives the next prune (Liu et al. 2021).
-On Fashion-MNIST (Debian's dataset-fashion-mnist) or else a synthetic set, in under a minute:
-`python demos/itop_from_scratch.py`."""
+     R_s counts a grown weight once it survives the next prune (Liu et al. 2021)."""
 import argparse
 import gzip
 import math
 import os
+import zlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,13 +29,12 @@ def uniform(rng, size, bound):
 
 # ---- the sparse network -----------------------------------------------------------------------------
 def layer_densities(shapes, density):
-    """Erdos-Renyi(-Kernel) densities: layer l gets eps * (n_in + n_out) / (n_in * n_out), one eps for
-    the whole net so that it keeps `density` of all weights; a layer that would exceed 1 is made dense."""
+    """Erdos-Renyi: layer l's density is eps (n_in + n_out) / (n_in n_out), one eps for `density` overall."""
     numel, raw, dense = [o * i for o, i in shapes], [(o + i) / (o * i) for o, i in shapes], set()
     while True:        # eps * raw_l * numel_l over the sparse layers = what the dense ones leave
         eps = (density * sum(numel) - sum(numel[l] for l in dense)) / sum(
             raw[l] * numel[l] for l in range(len(shapes)) if l not in dense)
-        too_dense = [l for l in range(len(shapes)) if l not in dense and eps * raw[l] > 1]
+        too_dense = [l for l in range(len(shapes)) if l not in dense and eps * raw[l] > 1]   # made dense
         if not too_dense:
             return [1.0 if l in dense else eps * raw[l] for l in range(len(shapes))]
         dense.add(max(too_dense, key=lambda l: raw[l]))
@@ -128,7 +125,6 @@ def prune_rate_at(step, total_steps, prune_rate=0.5, final=0.005):
 
 class ExploredSet:
     """Union of all masks a layer ever had (for R_s), and which grown weights survived a prune."""
-
     def __init__(self, W):
         self.ever = np.zeros(W.shape[0] * W.shape[1], bool)       # one flag per possible weight
         self.ever[flat_positions(W)] = True
@@ -162,10 +158,9 @@ def train(data, hidden=(512, 256), sparsity=0.9, epochs=3, batch_size=128, lr=0.
             sgd_step(backward(layers, dlogits), epoch_lr)                           # backward, step
             loss_sum += loss * len(batch)
             if step % update_interval == 0 and step < total_steps:                  # topology update
-                rate = prune_rate_at(step, total_steps, prune_rate)
                 for layer, e in zip(layers, explored):
                     if layer["W"].nnz < layer["W"].shape[0] * layer["W"].shape[1]:  # a dense layer stays
-                        e.record_update(*prune_and_grow(layer, rate, grow_rng))
+                        e.record_update(*prune_and_grow(layer, prune_rate_at(step, total_steps, prune_rate), grow_rng))
                 on_update(step, layers, *rs(explored))
         losses.append(loss_sum / len(x))
         accuracy = (forward(layers, test_x).argmax(axis=1) == test_y).mean()
@@ -174,7 +169,7 @@ def train(data, hidden=(512, 256), sparsity=0.9, epochs=3, batch_size=128, lr=0.
 
 
 def load_data(fashion="/usr/share/datasets/fashion-mnist"):
-    """((x, y), (test_x, test_y)): float32 images flattened and normalised, int labels."""
+    """Fashion-MNIST (Debian's package), else a synthetic set: ((x, y), (test_x, test_y)), float32, int labels."""
     def idx(name, offset):
         with gzip.open(os.path.join(fashion, name)) as f:
             return np.frombuffer(f.read(), np.uint8, offset=offset)
@@ -192,8 +187,13 @@ def load_data(fashion="/usr/share/datasets/fashion-mnist"):
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="It takes no options.").parse_args()
-    data, rng = load_data(), np.random.default_rng(0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="It takes no options.")
+    parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")    # one line, no usage
+    parser.parse_args()
+    try:
+        data, rng = load_data(), np.random.default_rng(0)
+    except (OSError, EOFError, ValueError, zlib.error) as err:      # a damaged or truncated data file
+        parser.exit(2, f"error: cannot read Fashion-MNIST ({type(err).__name__}: {err}): reinstall its package\n")
     print(f"SET-ITOP: MLP {data[0][0].shape[1]}-512-256-10, sparsity 0.9 (ERK), 3 epochs of {len(data[0][0])} images")
     train(data, init_rng=rng, grow_rng=rng, data_rng=rng, on_update=lambda step, layers, rs_now, reliable: print(
         f"iteration {step:5d}: topology updated, R_s {rs_now:.4f} (reliable {reliable:.4f}), density "

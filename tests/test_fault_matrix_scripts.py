@@ -3,9 +3,12 @@ generated from each script's own parser: every option that takes a value, at -1,
 type and empty (choices: one that is not), on valid positional arguments. Each: the script works, or
 one `error:` line naming the option, exit status 2, no traceback."""
 import argparse
+import gzip
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +138,36 @@ def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, cap
         code = stop.code
     err = capsys.readouterr().err
     assert_one_line_naming(code, err, option)
+
+
+def _every_script():
+    """Every script a user runs from demos/ and experiments/ (found, not listed)."""
+    return [f"{folder}/{name}" for folder in ("demos", "experiments")
+            for name in sorted(os.listdir(os.path.join(ROOT, folder))) if name.endswith(".py")]
+
+
+@pytest.mark.parametrize("script", _every_script())
+def test_every_script_refuses_an_unknown_option_in_one_line(script):
+    """An option no script has: one `error:` line naming it (or the arguments it lacks), exit status 2,
+    nothing run (no usage block)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--no-such-option", "1"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=dict(os.environ, TINYITOP_BACKEND="numpy"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "--no-such-option" in lines[0] or "arguments are required" in lines[0], lines[0]
+    assert not done.stdout.strip(), done.stdout
+
+
+def test_the_from_scratch_file_refuses_damaged_data_in_one_line(tmp_path):
+    """Its data loading reads Debian's Fashion-MNIST files: truncated ones are one line, exit status 2."""
+    fashion = tmp_path / "fashion-mnist"
+    fashion.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (fashion / name).write_bytes(gzip.compress(b"\0\0\x08\x01" + bytes(2000))[:40])     # truncated
+    with open(os.path.join(ROOT, "demos", "itop_from_scratch.py"), encoding="utf-8") as f:
+        source = f.read().replace('fashion="/usr/share/datasets/fashion-mnist"', f'fashion="{fashion}"')
+    (tmp_path / "lesson.py").write_text(source)
+    done = subprocess.run([sys.executable, str(tmp_path / "lesson.py")], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot read Fashion-MNIST"), done.stderr

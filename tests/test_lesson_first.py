@@ -60,7 +60,7 @@ def test_the_from_scratch_file_is_short_and_stands_alone():
     imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
                 if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])}
-    assert imported <= {"argparse", "gzip", "math", "os", "numpy", "scipy"}, imported
+    assert imported <= {"argparse", "gzip", "math", "os", "zlib", "numpy", "scipy"}, imported
 
 
 def test_nothing_refers_to_a_document_outside_the_repository():
