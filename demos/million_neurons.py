@@ -61,9 +61,12 @@ PAPER = Config(model="mlp", dataset="fashion-mnist", method="set", init="er", fa
 QUICK = {"epochs": 1, "limit_train": 6400, "update_interval": 10}
 
 
+MAX_WIDTH = 100_000_000           # 10^8 neurons a layer would need ~500 GB: the memory check says so
+
+
 def width_arg(text):
-    if not text.isdigit() or int(text) < 100:
-        raise argparse.ArgumentTypeError(f"expected a whole number of neurons, at least 100; got {text!r}")
+    if not text.isdigit() or not 100 <= int(text) <= MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"expected a whole number of neurons in [100, {MAX_WIDTH:,}]; got {text!r}")
     return int(text)
 
 
@@ -114,6 +117,10 @@ def report(config, run):
     print(text + f"report: {path}")
 
 
+def main(argv=None):
+    return demo_main(__doc__.splitlines()[0], PAPER, QUICK, argv, add_arguments=add_arguments, adjust=adjust,
+                     after=report)
+
+
 if __name__ == "__main__":
-    sys.exit(demo_main(__doc__.splitlines()[0], PAPER, QUICK, add_arguments=add_arguments, adjust=adjust,
-                       after=report))
+    sys.exit(main())

@@ -18,5 +18,10 @@ PAPER = Config(model="mlp", hidden=(1024, 512), dataset="cifar10", method="set",
                update_interval=1500, prune_rate=0.5, epochs=200, batch_size=128, lr=0.1, out="runs/mlp_cifar10")
 QUICK = {"epochs": 10, "limit_train": 20000, "update_interval": 50}
 
+
+def main(argv=None):
+    return demo_main(__doc__.splitlines()[0], PAPER, QUICK, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(demo_main(__doc__.splitlines()[0], PAPER, QUICK))
+    sys.exit(main())

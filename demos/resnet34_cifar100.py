@@ -14,5 +14,10 @@ PAPER = Config(model="resnet34", dataset="cifar100", method="set", sparsity=0.95
                update_interval=1000, prune_rate=0.5, epochs=250, batch_size=128, lr=0.1, out="runs/resnet34_cifar100")
 QUICK = {"epochs": 1, "limit_train": 256, "batch_size": 64, "update_interval": 2}
 
+
+def main(argv=None):
+    return demo_main(__doc__.splitlines()[0], PAPER, QUICK, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(demo_main(__doc__.splitlines()[0], PAPER, QUICK))
+    sys.exit(main())

@@ -14,5 +14,10 @@ PAPER = Config(model="vgg16", dataset="cifar10", method="set", sparsity=0.95, in
                prune_rate=0.5, epochs=250, batch_size=128, lr=0.1, out="runs/vgg16_cifar10")
 QUICK = {"epochs": 2, "limit_train": 640, "batch_size": 64, "update_interval": 5}
 
+
+def main(argv=None):
+    return demo_main(__doc__.splitlines()[0], PAPER, QUICK, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(demo_main(__doc__.splitlines()[0], PAPER, QUICK))
+    sys.exit(main())

@@ -107,18 +107,33 @@ def test_every_script_option_at_every_bad_value_is_one_line_or_works(inputs, tmp
     assert_one_line_naming(code, err, option)
 
 
+# Settings a demo's cases run with besides --quick --dataset synthetic (a million neurons: 100 a layer)
+DEMO_BASE = {"demos/million_neurons.py": ["--width", "100"]}
+
+
 def _demo_cases():
-    """The main demo's options (demo_main's parser, shared by every demo), caught as it parses."""
-    demo = _module("demos/mlp_cifar10.py")
-    parser = _parser_of(lambda: cli.demo_main("demo", demo.PAPER, demo.QUICK, []))
-    actions = [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
-    return [(a.option_strings[0], v) for a in actions for v in (["not-a-choice"] if a.choices else BAD)]
+    """(demo, option, value): demo_main's options (shared by every demo) once, on mlp_cifar10.py, and each
+    demo's options of its own, every demo with a main() found in demos/ and its parser caught as it parses."""
+    cases, shared = [], None
+    demos = ["demos/mlp_cifar10.py"] + [f"demos/{n}" for n in sorted(os.listdir(os.path.join(ROOT, "demos")))
+                                        if n.endswith(".py") and n != "mlp_cifar10.py"]
+    for demo in demos:
+        module = _module(demo)
+        if not hasattr(module, "PAPER"):                   # not a demo_main demo (one_update: above)
+            continue
+        actions = [a for a in _parser_of(lambda: module.main([]))._actions
+                   if a.option_strings and a.nargs != 0 and a.dest != "help"]
+        shared = shared or {a.option_strings[0] for a in actions}
+        own = [a for a in actions if a.option_strings[0] not in shared] if demo != demos[0] else actions
+        cases += [(demo, a.option_strings[0], v) for a in own for v in (["not-a-choice"] if a.choices else BAD)]
+    return cases
 
 
-@pytest.mark.parametrize("option, value", _demo_cases(), ids=[f"demo{o}={v[:8]}" for o, v in _demo_cases()])
-def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, capsys, monkeypatch, option, value):
-    """python demos/mlp_cifar10.py --quick --dataset synthetic OPTION VALUE: a run through its first epoch
-    (then stopped), or one line naming the option."""
+@pytest.mark.parametrize("demo, option, value", _demo_cases(),
+                         ids=[f"{d.split('/')[-1][:-3]}{o}={v[:8]}" for d, o, v in _demo_cases()])
+def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, capsys, monkeypatch, demo, option, value):
+    """python DEMO --quick --dataset synthetic OPTION VALUE: a run through its first epoch (then
+    stopped), or one line naming the option."""
     from tinyitop import train as train_module
 
     class Started(Exception):
@@ -128,10 +143,11 @@ def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, cap
         raise Started
     monkeypatch.setattr(train_module, "_end_epoch", first_epoch_only)
     monkeypatch.chdir(tmp_path)
-    demo = _module("demos/mlp_cifar10.py")
     base = ["--quick"] + ([] if option == "--dataset" else ["--dataset", "synthetic"])
+    extra = DEMO_BASE.get(demo, [])
+    base += [] if option in extra else extra
     try:
-        code = cli.demo_main("demo", demo.PAPER, demo.QUICK, base + [option, value])
+        code = _module(demo).main(base + [option, value])
     except Started:
         code = 0
     except SystemExit as stop:
