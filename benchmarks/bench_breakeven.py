@@ -84,7 +84,10 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     args.table = None
     if args.plot or args.replot:
-        writable_file(args.plot or "breakeven.png", "--plot")
+        args.plot = args.plot or "breakeven.png"
+        if not os.path.splitext(args.plot)[1]:
+            args.plot += ".png"                        # what matplotlib writes for a name without one
+        writable_file(args.plot, "--plot")
     if args.replot:
         if not os.path.isfile(args.replot):
             fail(f"--replot {args.replot} is not a file (give a saved output of this benchmark)")
@@ -104,7 +107,7 @@ def main(argv=None):
     if args.replot:
         title, results = args.table
         backend = "cupy" if title.startswith("backend: cupy") else "numpy"
-        return plot(results, args.plot or "breakeven.png", title, backend)
+        return plot(results, args.plot, title, backend)
     print(B.describe(), f"| batch {args.batch} | float32 | ms, median of {args.repeats}")
     shapes = SHAPES[:args.shapes] + ([WIDE] if B.name == "cupy" and args.shapes is None else [])
     results = {}

@@ -40,12 +40,15 @@ def positive_number(maximum):
 
 
 def writable_file(path, option):
-    """Refuse, before any timing, an output path whose folder does not exist or cannot be written."""
+    """Refuse, before any timing, an output path whose folder does not exist or cannot be written, a
+    folder, or a file that exists (nothing of the user's is overwritten)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         fail(f"{option} {path}: the folder {folder} does not exist or is not writable")
     if os.path.isdir(path):
         fail(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, 'figure.png')}")
+    if os.path.exists(path):
+        fail(f"{option} {path} exists: choose another name (nothing is overwritten)")
 
 
 def choices_list(text, allowed, option):

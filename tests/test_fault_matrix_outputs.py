@@ -54,16 +54,21 @@ ENTRIES = {
     "subset_npz.py OUT": (".npz", lambda tmp, out: ["experiments/subset_npz.py", str(tmp / "data.npz"), out, "--train",
                                                    "4", "--test", "2"]),
     "accuracy_vs_rs.py OUT": (".png", lambda tmp, out: ["experiments/accuracy_vs_rs.py", out, str(tmp / "done")]),
+    "bench_breakeven.py --plot": (".png", lambda tmp, out: ["benchmarks/bench_breakeven.py", "--replot", os.path.join(
+        ROOT, "docs", "results", "speed", "breakeven_cpu.txt"), "--plot", out]),
 }
 SHAPES = ["new/deeper/name", "a folder", "the user's file", "the user's file without extension", "under a file"]
 
 
 def _run_here(args):
     """Exit status of `python ARGS`, run in this process (a script's main() returning nothing: 0)."""
+    sys.path.insert(0, os.path.join(ROOT, os.path.dirname(args[0])))     # a script's own imports, as when run
     try:
         code = cli.main(args[2:]) if args[:2] == ["-m", "tinyitop"] else _script(args[0]).main(args[1:])
     except SystemExit as stop:
         code = stop.code
+    finally:
+        del sys.path[0]
     return 0 if code is None else code
 
 
