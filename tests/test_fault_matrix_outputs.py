@@ -5,6 +5,7 @@ path; a user's file is never changed."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,15 @@ ENTRIES = {
     "accuracy_vs_rs.py OUT": (".png", lambda tmp, out: ["experiments/accuracy_vs_rs.py", out, str(tmp / "done")]),
     "bench_breakeven.py --plot": (".png", lambda tmp, out: ["benchmarks/bench_breakeven.py", "--replot", os.path.join(
         ROOT, "docs", "results", "speed", "breakeven_cpu.txt"), "--plot", out]),
+    "demo --out": (None, lambda tmp, out: ["demos/mlp_cifar10.py", "--quick", "--dataset", "synthetic", "--no-progress",
+                                           "--out", out]),
 }
+# Where each entry's output argument is declared: a new one in the code, not in ENTRIES, fails below.
+DECLARED = {"train --out": ("tinyitop/cli.py", "--out"), "demo --out": ("tinyitop/cli.py", "--out"),
+            "sweep --root": ("tinyitop/cli.py", "--root"), "pack-images OUT": ("tinyitop/cli.py", "out"),
+            "subset_npz.py OUT": ("experiments/subset_npz.py", "out"),
+            "accuracy_vs_rs.py OUT": ("experiments/accuracy_vs_rs.py", "out"),
+            "bench_breakeven.py --plot": ("benchmarks/bench_breakeven.py", "--plot")}
 SHAPES = ["new/deeper/name", "a folder", "the user's file", "the user's file without extension", "under a file"]
 
 
@@ -154,3 +163,16 @@ def test_an_output_path_in_a_read_only_folder_is_one_line_naming_it(tmp_path, en
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (done.returncode, done.stderr)
     assert "name" in lines[0] or str(locked) in lines[0], f"the error does not name {out}: {lines[0]}"
     assert after == before
+
+
+def test_every_output_argument_in_the_code_is_in_the_matrix():
+    """An argument named like an output (out, root, plot, output, figure, save) in any parser of
+    tinyitop, the demos, the experiments or the benchmarks is one of ENTRIES' (DECLARED says where)."""
+    found = set()
+    for folder in ("tinyitop", "demos", "experiments", "benchmarks"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if name.endswith(".py"):
+                with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
+                    found |= {(f"{folder}/{name}", option) for option in re.findall(
+                        r'(?:add_argument|\ba)\("((?:--)?(?:out|root|plot|output|figure|save)[a-z-]*)"', f.read())}
+    assert found == set(DECLARED.values()) and set(DECLARED) == set(ENTRIES), (found, set(DECLARED.values()))
