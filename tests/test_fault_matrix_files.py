@@ -326,3 +326,62 @@ def test_every_json_text_is_parsed_by_parse_json():
                     if "summary.json" in line and re.search(r"\bopen\(|parse_json\(", line):
                         offenders.append(f"{folder}/{name}:{number} (use report.read_summary): {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_field_of_a_damaged_failure_record_or_claim_is_shown_or_refused_in_one_line(tmp_path, capsys):
+    """The sweep's own small files, RUN/.failed (a failed run's record) and RUN/.claim-G (who trains
+    it), damaged field by field and whole, read by `sweep --status` and by the sweep itself."""
+    from tinyitop import claims
+    config = tmp_path / "tiny.json"
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not an npz")                               # the run fails: the sweep writes .failed
+    config.write_text(json.dumps({**SWEEP, "reduced": {**SWEEP["reduced"], "base": {
+        **SWEEP["reduced"]["base"], "dataset": str(broken)}}}))
+    root = tmp_path / "runs"
+    assert cli.main(["sweep", str(config), "--root", str(root), "--workers", "1"]) != 0
+    run_folder = root / "tiny" / "seed=0"
+    failed = run_folder / ".failed"
+    capsys.readouterr()
+    problems, count = [], 0
+    for kind in ("failure", "claim"):
+        held = claims.try_claim(str(run_folder)) if kind == "claim" else None   # this process's: "running"
+        path = failed if kind == "failure" else run_folder / f".claim-{held.generation}"
+        original = json.loads(path.read_text())
+        for field, value in [(p, v) for p, v in _field_cases(original)] + [(None, w) for w in WHOLE]:
+            path.write_text(value if field is None else _mutate(original, field, value))
+            count += 1
+            problem = _check(["sweep", str(config), "--root", str(root), "--status"], path.name, root / "tiny", capsys)
+            if problem and "has finished yet" not in problem:         # --status: nothing to gather yet
+                problems.append(f"{_describe(path.name, field, value)}: {problem}")
+        if held:
+            held.release()
+        else:
+            path.write_text(json.dumps(original))
+    assert not problems, f"{len(problems)} of {count} cases:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("how", ["drop", "shape", "dtype", "empty", "truncated", "not a zip"])
+def test_a_damaged_lth_init_file_is_one_error_naming_it(tmp_path, how):
+    """LTH rewinds to its dense twin's OUT/dense/init.npz (checkpoint.load_parameters): every array
+    dropped, of another shape or dtype, or the file empty, truncated or not a zip, is a CheckpointError
+    naming the file (the CLI's one line), never a KeyError or a silently reshaped weight."""
+    from tinyitop import checkpoint
+    from tinyitop.models import mlp
+    model = mlp(12, (8,), 3)
+    path = tmp_path / "init.npz"
+    checkpoint.save_parameters(str(path), model)
+    data = path.read_bytes()
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    first = sorted(arrays)[0]
+    if how in ("empty", "truncated", "not a zip"):
+        path.write_bytes({"empty": b"", "truncated": data[:len(data) // 2], "not a zip": b"x" * 100}[how])
+    else:
+        if how == "drop":
+            del arrays[first]
+        else:
+            a = arrays[first]
+            arrays[first] = a.reshape(-1)[:-1] if how == "shape" else a.astype(np.float64)
+        np.savez(path, **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="init.npz"):
+        checkpoint.load_parameters(str(path), mlp(12, (8,), 3))

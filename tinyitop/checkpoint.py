@@ -157,6 +157,12 @@ def save_parameters(path, model):
 
 
 def load_parameters(path, model):
-    with np.load(path, allow_pickle=False) as archive:
-        for name, param in model.named_parameters():
-            param.data = B.to_device(archive[name])
+    """Parameter values written by save_parameters, each checked against the model's shape and dtype."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for name, param in model.named_parameters():
+                param.data = B.to_device(_shaped(path, archive, name, param.data.shape, param.dtype))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:   # truncated, empty, random bytes
+        detail = str(err) if isinstance(err, ValueError) and str(path) in str(err) else type(err).__name__
+        raise CheckpointError(f"cannot read {path}: it is damaged (truncated, empty, not an .npz) or was not "
+                              f"written for this model ({detail}). Move it away and start again with --overwrite") from None

@@ -59,6 +59,8 @@ def run_states(folder, commands, stale_after=claims.STALE_AFTER_SECONDS):
         try:
             with open(os.path.join(run_folder, FAILED_NAME), encoding="utf-8") as f:
                 failure = parse_json(f.read(), FAILED_NAME)
+            if not isinstance(failure, dict):           # damaged: shown as if the run had no record
+                raise ValueError(f"{FAILED_NAME} is not a JSON object")
             states.append((run_id, "failed", f"exit {failure.get('exit')}: {failure.get('error')}"))
         except (OSError, ValueError):
             started = os.path.exists(os.path.join(run_folder, "checkpoint.npz"))
