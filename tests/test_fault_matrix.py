@@ -12,6 +12,7 @@ import pytest
 from fault_cases import assert_one_line_naming
 from tinyitop import cli
 from tinyitop import train as train_module
+from tinyitop.options import Parser
 
 BASE = ["--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1", "--batch-size", "16",
         "--no-progress", "--no-plots"]
@@ -24,7 +25,7 @@ class Started(Exception):
 
 def _train_options():
     """Every option of `python -m tinyitop train` that takes a value, from the parser itself."""
-    parser = cli._Parser(prog="python -m tinyitop train")
+    parser = Parser(prog="python -m tinyitop train")
     cli.add_train_arguments(parser)
     return [a for a in parser._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
 
@@ -43,7 +44,7 @@ def _run(argv, capsys, monkeypatch):
         code = cli.main(argv)
     except Started:
         code = "started"
-    except SystemExit as stop:            # argparse's own refusals (our _Parser: one line, status 2)
+    except SystemExit as stop:            # argparse's own refusals (options.Parser: one line, status 2)
         code = stop.code
     return code, capsys.readouterr().err
 

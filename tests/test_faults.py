@@ -461,8 +461,9 @@ def test_resume_refuses_data_that_changed_under_the_same_file_name(tmp_path, cap
 
 
 def config_from_args_for(args):
-    from tinyitop.cli import _Parser, add_train_arguments, config_from_args
-    parser = _Parser()
+    from tinyitop.cli import add_train_arguments, config_from_args
+    from tinyitop.options import Parser
+    parser = Parser()
     add_train_arguments(parser)
     return config_from_args(parser.parse_args(args[1:]))
 

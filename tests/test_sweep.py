@@ -136,3 +136,15 @@ def test_width_reaches_the_train_command_and_old_runs_read_as_width_one():
     del saved["width"]                                  # a run folder from before --width existed
     assert changed_settings(saved, Config(model="vgg16")) == []
     assert changed_settings(saved, Config(model="vgg16", width=0.5)) == [("width", 1.0, 0.5)]
+
+
+@pytest.mark.parametrize("flag", ["--status", "--aggregate"])
+def test_looking_at_a_sweep_never_run_creates_nothing(tmp_path, capsys, flag):
+    """--status and --aggregate only read: on a root where the sweep never ran they say so in one
+    line and leave no (empty) sweep folder behind."""
+    from tinyitop.cli import main
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"name": "tiny", "reduced": {"base": {"dataset": "synthetic", "hidden": [8]},
+                                                               "grid": {"seed": [0]}}}))
+    assert main(["sweep", str(config), "--root", str(tmp_path / "runs"), flag]) == 2
+    assert "nothing to gather" in capsys.readouterr().err and not (tmp_path / "runs").exists()

@@ -29,8 +29,6 @@ def _int_list(text):
     return values
 
 
-_Parser = Parser         # a bad option is one line (what is wrong, where to look), exit status 2
-
 
 def dataset_arg(text):
     """A data set name, or the path of the user's .npz (python -m tinyitop pack-images makes one)."""
@@ -247,7 +245,7 @@ def main(argv=None):
 
 def build_parser():
     """`python -m tinyitop`'s parser: the train, sweep and pack-images subcommands and their options."""
-    parser = _Parser(prog="python -m tinyitop",
+    parser = Parser(prog="python -m tinyitop",
                                      description="In-Time Over-Parameterization with truly sparse layers")
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="train one model")   # each help states its default once
@@ -302,7 +300,7 @@ def demo_main(description, paper, quick, argv=None, add_arguments=None, adjust=N
     prepare_process()
     if _exit_status(check_environment):
         return 2
-    parser = _Parser(description=description)
+    parser = Parser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"a short run: {quick}")
     parser.add_argument("--dataset", type=dataset_arg, default=paper.dataset,
                         help="data set or PATH.npz (default: %(default)s; 'synthetic' for a smoke run)")

@@ -155,10 +155,10 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     if slurm is not None:
         return write_slurm_script(config_path, root, full, dataset, folder, len(commands), **slurm)
     check_not_stale(folder, runs)
-    os.makedirs(folder, exist_ok=True)
     shard = shard if shard is not None else slurm_shard()
     failed = {}
-    if not (aggregate_only or status):
+    if not (aggregate_only or status):              # a look at the state creates nothing
+        os.makedirs(folder, exist_ok=True)
         failed = _run_all(spec, folder, in_shard(commands, shard), workers, continue_command, stale_after)
     states = run_states(folder, commands, stale_after)
     if status or aggregate_only:
