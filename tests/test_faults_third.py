@@ -499,3 +499,21 @@ def test_reproduce_rows_finds_a_logged_run_again_and_a_changed_row(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").write_text("\n".join([rows[0], json.dumps(changed), *rows[2:]]) + "\n")
     different = subprocess.run(script, capture_output=True, text=True, cwd=root)
     assert different.returncode == 1 and "metrics.jsonl: row 2 differs" in different.stdout and "rs" in different.stdout
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_folder_where_a_run_keeps_a_file_is_never_deleted(tmp_path, capsys, flag):
+    """A folder named summary.json (a file of the run's, in its manifest) is refused in one line, with
+    its content kept: --overwrite once removed it whole."""
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
+            "--batch-size", "16", "--method", "static", "--sparsity", "0.9", "--no-progress", "--no-plots"]
+    assert cli_main(base + ["--out", str(out)]) == 0
+    (out / "summary.json").unlink()
+    (out / "summary.json").mkdir()
+    (out / "summary.json" / "mine.txt").write_text("the user's")
+    capsys.readouterr()
+    assert cli_main(base + ["--out", str(out), flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a folder named summary.json" in err[0]
+    assert (out / "summary.json" / "mine.txt").read_text() == "the user's"

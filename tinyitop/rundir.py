@@ -191,6 +191,12 @@ class RunFolder:
                                                 f"to finish or choose another --out")
         self._remove_temporary_files(log)
         existing, owned = self.run_files(), self._owned()
+        misplaced = [n for n in existing if os.path.isdir(self.path(n)) != (n in RUN_FOLDERS)]
+        if misplaced:                   # a folder where a run writes a file (or the reverse): never tinyitop's
+            kind = "a folder" if os.path.isdir(self.path(misplaced[0])) else "a file"
+            raise RunFolderError(f"{self.out} holds {kind} named {misplaced[0]}, where a run keeps its "
+                                 f"{'folder' if kind == 'a file' else 'file'} of that name: it is not tinyitop's "
+                                 "(never deleted): move it elsewhere, or choose another --out")
         foreign = [n for n in existing if n not in owned and not os.path.isdir(self.path(n))]
         if foreign:
             them = "them" if len(foreign) > 1 else "it"
