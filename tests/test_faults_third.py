@@ -517,3 +517,17 @@ def test_a_folder_where_a_run_keeps_a_file_is_never_deleted(tmp_path, capsys, fl
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a folder named summary.json" in err[0]
     assert (out / "summary.json" / "mine.txt").read_text() == "the user's"
+
+
+def test_a_folder_named_like_a_partial_write_is_left_alone(tmp_path, capsys):
+    """Orphans of a crash mid-write (.NAME.tinyitop-partial-PID files) are removed on resume; a folder of
+    that name is not one (it was an IsADirectoryError traceback) and stays."""
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
+            "--batch-size", "16", "--no-progress", "--no-plots", "--out", str(out)]
+    assert cli_main(base) == 0
+    (out / ".summary.json.tinyitop-partial-99").mkdir()
+    (out / ".metrics.jsonl.tinyitop-partial-98").write_text("torn")
+    assert cli_main(base + ["--resume"]) == 0
+    assert (out / ".summary.json.tinyitop-partial-99").is_dir()
+    assert not (out / ".metrics.jsonl.tinyitop-partial-98").exists()

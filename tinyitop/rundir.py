@@ -274,7 +274,7 @@ class RunFolder:
     def _remove_temporary_files(self, log):
         """Orphans of a crash mid-write (checkpoint.npz.tmp1234, metrics.jsonl.tmp): safe to remove
         because we hold the lock, so no other process is writing them."""
-        orphans = [n for n in os.listdir(self.out) if _is_temporary(n)]
+        orphans = [n for n in os.listdir(self.out) if _is_temporary(n) and os.path.isfile(self.path(n))]
         for name in orphans:
             os.remove(self.path(name))
         if orphans:
