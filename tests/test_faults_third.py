@@ -531,3 +531,18 @@ def test_a_folder_named_like_a_partial_write_is_left_alone(tmp_path, capsys):
     assert cli_main(base + ["--resume"]) == 0
     assert (out / ".summary.json.tinyitop-partial-99").is_dir()
     assert not (out / ".metrics.jsonl.tinyitop-partial-98").exists()
+
+
+def test_overwrite_never_removes_a_file_of_the_users_inside_the_lth_twin(tmp_path, capsys):
+    """--overwrite replaces LTH's dense twin (OUT/dense) whole: a file of the user's put in it is refused
+    in one line and kept, not removed with the twin."""
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
+            "--batch-size", "16", "--method", "lth", "--sparsity", "0.9", "--no-progress", "--no-plots", "--out", str(out)]
+    assert cli_main(base) == 0
+    (out / "dense" / "notes.txt").write_text("the user's")
+    capsys.readouterr()
+    assert cli_main(base + ["--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.txt" in err[0]
+    assert (out / "dense" / "notes.txt").read_text() == "the user's" and (out / "summary.json").exists()

@@ -220,6 +220,13 @@ class RunFolder:
             self._refuse_to_restart_a_logged_run()
         # --overwrite, or --resume of a run stopped before its first checkpoint: start clean. The
         # latter keeps LTH's dense twin, which resumes from its own checkpoint.
+        for name in (n for n in existing if n in RUN_FOLDERS and n in owned and overwrite):
+            twin = RunFolder(self.path(name))                # removed whole below: only if all of it is a run's
+            extra = sorted(set(os.listdir(twin.out)) - twin._owned() - {LOCK_NAME, MANIFEST_NAME})
+            if extra:
+                raise RunFolderError(f"{twin.out} (LTH's dense twin, which --overwrite replaces) also holds "
+                                     f"{', '.join(extra[:3])}, which tinyitop has no record of writing: if yours, "
+                                     "move it elsewhere, or choose another --out")
         kept = []
         for name in existing:
             if name not in owned or (name in RUN_FOLDERS and not overwrite):
