@@ -148,3 +148,27 @@ def test_looking_at_a_sweep_never_run_creates_nothing(tmp_path, capsys, flag):
                                                                "grid": {"seed": [0]}}}))
     assert main(["sweep", str(config), "--root", str(tmp_path / "runs"), flag]) == 2
     assert "nothing to gather" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_a_sweeps_results_never_replace_a_file_of_the_users(tmp_path, capsys):
+    """results.md edited by the user after the sweep wrote it, or a results.csv of theirs where the sweep
+    writes one: refused in one line before any training, the file kept; the sweep's own are rewritten."""
+    from tinyitop.cli import main
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"name": "tiny", "reduced": {"base": {
+        "dataset": "synthetic", "hidden": [8], "epochs": 1, "limit_train": 64, "batch_size": 16},
+        "grid": {"seed": [0]}}}))
+    root = tmp_path / "runs"
+    sweep = ["sweep", str(config), "--root", str(root), "--workers", "1"]
+    assert main(sweep) == 0 and main(sweep + ["--aggregate"]) == 0      # its own files: rewritten
+    (root / "tiny" / "results.md").write_text("my notes on these results")
+    capsys.readouterr()
+    assert main(sweep) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.md" in err[0] and "changed since" in err[0]
+    assert (root / "tiny" / "results.md").read_text() == "my notes on these results"
+    (root / "tiny" / "results.md").unlink()
+    (root / "tiny" / "results.csv").unlink()
+    (root / "tiny" / "results.csv").write_text("mine")
+    (root / "tiny" / ".tinyitop-run").unlink()                             # no record of writing it
+    assert main(sweep + ["--aggregate"]) == 2 and (root / "tiny" / "results.csv").read_text() == "mine"

@@ -104,17 +104,19 @@ def _looks_like_ours(path):
     return False
 
 
-def claim(folder, names):
+def claim(folder, names, option="--out"):
     """`RunFolder.claim` for files written after the run's folder was closed (its figures, a demo's
-    report): refuses a name that exists and that the manifest does not record, or whose content
-    changed since tinyitop drew it (the user's own figure in its place), then records it."""
+    report, a sweep's results): refuses a name that exists and that the manifest does not record, or
+    whose content changed since tinyitop drew it (the user's own figure in its place), then records it."""
     manifest = _manifest(folder)
     written = manifest.get("written") if isinstance(manifest.get("written"), list) else []
     foreign = [n for n in names if n not in written and os.path.exists(os.path.join(folder, n))]
     if foreign:
-        raise RunFolderError(f"{folder} holds {', '.join(foreign)}, which tinyitop did not write: not replaced; "
-                             "move it elsewhere and draw the figures again, or choose another --out")
-    _refuse_changed(folder, [n for n in names if n in written])
+        them = "them" if len(foreign) > 1 else "it"
+        raise RunFolderError(f"{folder} holds {', '.join(foreign)}, which tinyitop has no record of writing: not "
+                             f"replaced; if yours, move {them} elsewhere; if an older tinyitop wrote {them} (it kept "
+                             f"no such record), delete {them}; then run the command again, or choose another {option}")
+    _refuse_changed(folder, [n for n in names if n in written], option)
     _write_manifest(folder, written + [n for n in names if n not in written])
 
 
@@ -137,7 +139,7 @@ def _digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _refuse_changed(folder, names):
+def _refuse_changed(folder, names, option="--out"):
     """Refuse when a drawn file among `names` no longer holds what tinyitop drew."""
     drawn = _drawn(_manifest(folder))
     changed = [n for n in names if n in drawn and os.path.isfile(os.path.join(folder, n))
@@ -146,7 +148,7 @@ def _refuse_changed(folder, names):
         them = "them" if len(changed) > 1 else "it"
         raise RunFolderError(f"{folder} holds {', '.join(changed)}, changed since tinyitop drew {them}: not deleted or "
                              f"replaced; if yours, move {them} elsewhere (or delete {them} to let a run draw {them} "
-                             "again), or choose another --out")
+                             f"again), or choose another {option}")
 
 
 def _write_manifest(folder, written):

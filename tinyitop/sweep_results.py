@@ -12,8 +12,10 @@ import os
 
 from tinyitop import claims
 from tinyitop.atomic import atomic_write, parse_json
+from tinyitop.rundir import claim, record_drawn
 from tinyitop.sweep_config import METRICS, finished_summary, text_of, varied_settings
 
+RESULT_FILES = ("results.csv", "results.md", "results.png", "curves.png")   # a sweep's, in its folder
 FAILED_NAME = ".failed"          # RUN/.failed: {"exit": status, "host": ..., "error": last log line}
 
 
@@ -116,6 +118,8 @@ def aggregate(spec, folder, commands, failed=None):
     if not rows:
         print("no finished runs to aggregate")
         return []
+    names = list(RESULT_FILES if spec.get("plot") else RESULT_FILES[:2])
+    claim(folder, names, "--root")          # a file of the user's (or one changed since) is never replaced
     columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
     rows = [{key: row.get(key, "") for key in columns} for row in rows]
     text = io.StringIO()
@@ -136,9 +140,10 @@ def aggregate(spec, folder, commands, failed=None):
             title += f"\n({len(failed)} failed or unfinished run(s) missing: {', '.join(failed)})"
         sweep_figure(rows, spec["plot"], os.path.join(folder, "results.png"), title)
         from tinyitop.plots import sweep_curves
-        names = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"]
-                 for g in groups.values()}
-        sweep_curves(names, os.path.join(folder, "curves.png"), title)
+        curves = {g["label"] or " ".join(f"{k}={v}" for k, v in g["settings"].items()) or "run": g["runs"]
+                  for g in groups.values()}
+        sweep_curves(curves, os.path.join(folder, "curves.png"), title)
+    record_drawn(folder, names)             # what each holds now: a later change is the user's
     print(table)
     print(f"wrote {folder}/results.csv, results.md" + (", results.png, curves.png" if spec.get("plot") else ""))
     return rows
