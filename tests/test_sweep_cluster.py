@@ -191,3 +191,19 @@ def test_a_background_sweep_with_sigint_ignored_still_stops_its_workers_on_sigte
     assert not claims._folder_locked(str(run_folder))                     # its trainer stopped too
     assert "Traceback" not in (run_folder / "log.txt").read_text()
     assert len(read_jsonl(str(run_folder / "metrics.jsonl"))) < 50
+
+
+def test_the_slurm_script_is_rewritten_but_an_edited_one_is_kept(tmp_path, capsys):
+    """--slurm again rewrites its own slurm.sh; one the user edited (their partition, their modules) is
+    refused in one line and kept."""
+    from tinyitop.cli import main
+    config, root = _spec(tmp_path, seeds=2), tmp_path / "runs"
+    make = ["sweep", str(config), "--root", str(root), "--slurm"]
+    assert main(make) == 0 and main(make + ["--time", "1:00:00"]) == 0
+    script = root / "tiny" / "slurm.sh"
+    assert "#SBATCH --time=1:00:00" in script.read_text()
+    script.write_text(script.read_text() + "module load mine\n")
+    capsys.readouterr()
+    assert main(make) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "slurm.sh" in err[0] and script.read_text().endswith("module load mine\n")

@@ -17,7 +17,7 @@ import time
 
 from tinyitop import claims
 from tinyitop.atomic import atomic_write
-from tinyitop.rundir import claim
+from tinyitop.rundir import claim, record_drawn
 from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
                                    finished_summary, load_config, train_command)
 from tinyitop.sweep_results import FAILED_NAME, RESULT_FILES, aggregate, clear_failure, print_states, record_failure, run_states
@@ -323,7 +323,9 @@ def write_slurm_script(config_path, root, full, dataset, folder, n_runs, partiti
     lines += [f"export {k}={v}" for k, v in thread_env(cpus).items()]
     lines += [f"cd {shlex.quote(os.getcwd())}", "exec " + shlex.join(sweep), ""]
     path = os.path.join(folder, "slurm.sh")
+    claim(folder, ["slurm.sh"], "--root")        # a slurm.sh of the user's (or edited since) is never replaced
     atomic_write(path, lambda f: f.write("\n".join(lines).encode()))
     os.chmod(path, 0o755)
+    record_drawn(folder, ["slurm.sh"])
     print(f"wrote {path}; submit it with:\nsbatch {shlex.quote(path)}")
     return path
