@@ -1,7 +1,10 @@
-"""Shared by the fault-matrix tests: what a refusal must look like, and a folder's content (to check
-that a refused command left it byte for byte as it was)."""
+"""Shared by the fault-matrix tests: what a refusal must look like, a folder's content (to check that
+a refused command left it byte for byte as it was), and a script loaded as a module."""
 import hashlib
+import importlib.util
 import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tree_digest(folder):
@@ -13,6 +16,14 @@ def tree_digest(folder):
                 with open(os.path.join(root, name), "rb") as f:
                     digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
     return digests
+
+
+def load_script(path):
+    """A script of the checkout (e.g. "experiments/subset_npz.py") as a module, to call its main(argv)."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def assert_one_line_naming(code, err, option):

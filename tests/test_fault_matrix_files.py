@@ -7,7 +7,6 @@ Each case must end in a normal run, or in exit status 2 with one `error:` line n
 traceback, and the run folder byte for byte as it was.
 """
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fault_cases import tree_digest
+from fault_cases import load_script, tree_digest
 from tinyitop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,20 +262,13 @@ def test_every_array_of_a_damaged_npz_data_set_trains_or_is_refused_naming_it(tm
     assert not problems, f"{len(problems)} of {len(cases)} cases:\n" + "\n".join(problems)
 
 
-def _script(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # The scripts that read a finished run's summary.json (sweeps and figures: above), each given a folder
 # holding one copy of the run, named as a sweep names its runs
 SUMMARY_READERS = {
-    "accuracy_vs_rs.py": lambda runs, tmp: _script("experiments/accuracy_vs_rs.py").main(
+    "accuracy_vs_rs.py": lambda runs, tmp: load_script("experiments/accuracy_vs_rs.py").main(
         [str(tmp / f"figure{len(os.listdir(tmp))}.png"), str(runs)]),
-    "compare_methods.py": lambda runs, tmp: _script("experiments/compare_methods.py").main([str(runs), "--baseline", "a"]),
-    "reproduce_rows.py": lambda runs, tmp: _rows_compared(_script("experiments/reproduce_rows.py").main,
+    "compare_methods.py": lambda runs, tmp: load_script("experiments/compare_methods.py").main([str(runs), "--baseline", "a"]),
+    "reproduce_rows.py": lambda runs, tmp: _rows_compared(load_script("experiments/reproduce_rows.py").main,
                                                           [str(runs / "a_seed=0"), "--epochs", "1"]),
 }
 

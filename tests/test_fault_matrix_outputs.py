@@ -2,7 +2,6 @@
 exist yet, a folder, an existing file of the user's (with and without the expected extension), and a
 path under a file. Each: the command works and writes where it says, or one `error:` line naming the
 path; a user's file is never changed."""
-import importlib.util
 import json
 import os
 import re
@@ -13,19 +12,12 @@ import tempfile
 import numpy as np
 import pytest
 
-from fault_cases import tree_digest
+from fault_cases import load_script, tree_digest
 from tinyitop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["train", "--dataset", "synthetic", "--hidden", "8", "--limit-train", "64", "--epochs", "1",
          "--batch-size", "16", "--no-progress", "--no-plots"]
-
-
-def _script(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _npz(path):
@@ -73,7 +65,7 @@ def _run_here(args):
     """Exit status of `python ARGS`, run in this process (a script's main() returning nothing: 0)."""
     sys.path.insert(0, os.path.join(ROOT, os.path.dirname(args[0])))     # a script's own imports, as when run
     try:
-        code = cli.main(args[2:]) if args[:2] == ["-m", "tinyitop"] else _script(args[0]).main(args[1:])
+        code = cli.main(args[2:]) if args[:2] == ["-m", "tinyitop"] else load_script(args[0]).main(args[1:])
     except SystemExit as stop:
         code = stop.code
     finally:

@@ -4,7 +4,6 @@ type and empty (choices: one that is not), on valid positional arguments. Each: 
 one `error:` line naming the option, exit status 2, no traceback."""
 import argparse
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from fault_cases import assert_one_line_naming
+from fault_cases import assert_one_line_naming, load_script
 from tinyitop import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,13 +21,6 @@ BAD = ["-1", "0", "99999999999999999999", "nan", "abc", ""]
 
 class _Parsed(Exception):
     pass
-
-
-def _module(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parser_of(call):
@@ -84,7 +76,7 @@ SCRIPTS = {
 def _cases():
     cases = []
     for script in SCRIPTS:
-        module = _module(script)
+        module = load_script(script)
         for action in _parser_of(lambda: module.main([]))._actions:
             if action.option_strings and action.nargs != 0 and action.dest != "help":
                 values = ["not-a-choice"] if action.choices else BAD
@@ -99,7 +91,7 @@ def test_every_script_option_at_every_bad_value_is_one_line_or_works(inputs, tmp
         at = argv.index(option)
         argv = argv[:at] + argv[at + 2:]
     try:
-        code = _module(script).main(argv + [option, value])
+        code = load_script(script).main(argv + [option, value])
     except SystemExit as stop:
         code = stop.code
     code = 0 if code is None else code
@@ -118,7 +110,7 @@ def _demo_cases():
     demos = ["demos/mlp_cifar10.py"] + [f"demos/{n}" for n in sorted(os.listdir(os.path.join(ROOT, "demos")))
                                         if n.endswith(".py") and n != "mlp_cifar10.py"]
     for demo in demos:
-        module = _module(demo)
+        module = load_script(demo)
         if not hasattr(module, "PAPER"):                   # not a demo_main demo (one_update: above)
             continue
         actions = [a for a in _parser_of(lambda: module.main([]))._actions
@@ -147,7 +139,7 @@ def test_every_demo_option_at_every_bad_value_is_one_line_or_a_run(tmp_path, cap
     extra = DEMO_BASE.get(demo, [])
     base += [] if option in extra else extra
     try:
-        code = _module(demo).main(base + [option, value])
+        code = load_script(demo).main(base + [option, value])
     except Started:
         code = 0
     except SystemExit as stop:
