@@ -6,6 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
+from tinyitop.atomic import check_target  # noqa: E402
 from tinyitop.options import Parser, fail, whole_number  # noqa: E402,F401  (one-line refusals, for every benchmark)
 
 
@@ -42,13 +43,10 @@ def positive_number(maximum):
 def writable_file(path, option):
     """Refuse, before any timing, an output path whose folder does not exist or cannot be written, a
     folder, or a file that exists (nothing of the user's is overwritten)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        fail(f"{option} {path}: the folder {folder} does not exist or is not writable")
-    if os.path.isdir(path):
-        fail(f"{option} {path} is a folder; give a file name, e.g. {os.path.join(path, 'figure.png')}")
-    if os.path.exists(path):
-        fail(f"{option} {path} exists: choose another name (nothing is overwritten)")
+    try:
+        check_target(path, overwrite_option=None, create_folder=False)
+    except OSError as err:
+        fail(f"{option}: {err}")
 
 
 def choices_list(text, allowed, option):

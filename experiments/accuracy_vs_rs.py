@@ -19,13 +19,11 @@ def main(argv=None):
     parser.add_argument("out"), parser.add_argument("folders", nargs="+")
     parser.add_argument("--title", default="Test accuracy against the ITOP rate R_s")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.out):
+        fail(f"{args.out} is a folder: give the figure's file name, e.g. {os.path.join(args.out, 'accuracy_vs_rs.png')}")
     out = args.out if os.path.splitext(args.out)[1] else args.out + ".png"   # what matplotlib would write
-    if os.path.isdir(args.out) or os.path.exists(out):
-        fail(f"{out} exists: choose another file name for the figure (nothing is overwritten)")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        fail(f"the folder of {out} does not exist")
     try:
-        check_target(out)                                 # a folder, a folder that cannot be written
+        check_target(out, overwrite_option=None, create_folder=False)    # exists, a folder, unwritable
     except OSError as err:
         fail(str(err))
     points, seen = [], set()

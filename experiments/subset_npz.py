@@ -39,12 +39,8 @@ def main(argv=None):
     if not os.path.isfile(args.source):
         fail(f"{args.source} is not a file (make one with python -m tinyitop pack-images)")
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"     # what np.savez would write
-    if os.path.exists(out):
-        fail(f"{out} exists; choose another name (nothing is overwritten)")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        fail(f"the folder of {out} does not exist")
     try:
-        check_target(out)                                 # a folder, a folder that cannot be written
+        check_target(out, overwrite_option=None, create_folder=False)    # exists, a folder, unwritable
     except OSError as err:
         fail(str(err))
     try:

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["bench_breakeven.py", "--shapes", "0"], "--shapes"),
     (["bench_breakeven.py", "--replot", "missing.txt"], "not a file"),
     (["bench_breakeven.py", "--replot", "README.md"], "holds no table"),
-    (["bench_breakeven.py", "--plot", "/no/such/folder/x.png"], "not writable"),
+    (["bench_breakeven.py", "--plot", "/no/such/folder/x.png"], "does not exist"),
     (["bench_paths.py", "--models", "bogus"], "--models"), (["bench_paths.py", "--repeats", "0"], "--repeats"),
     (["bench_sparse.py", "--sections", "XYZ"], "--sections"),
     (["bench_layers.py", "--repeats", "-1"], "--repeats"), (["bench_rigl_memory.py", "--hidden", "0"], "--hidden"),

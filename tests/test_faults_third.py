@@ -353,7 +353,7 @@ def test_a_sweep_config_that_is_missing_or_a_folder_is_named(tmp_path, capsys, n
     (["accuracy_vs_rs.py", "{out}.png", "{missing}"], "is not a folder"),
     (["subset_npz.py", "{data}", "{data_stem}", "--train", "5", "--test", "5"], "exists"),   # np.savez adds .npz
     (["accuracy_vs_rs.py", "{data_stem}", "{missing}"], "data.png exists"),            # matplotlib adds .png
-    (["accuracy_vs_rs.py", "{tmp}", "{missing}"], "exists"),                           # a folder as OUT
+    (["accuracy_vs_rs.py", "{tmp}", "{missing}"], "is a folder"),                      # a folder as OUT
     (["accuracy_vs_rs.py", "{out}.png", "{sweep}"], "summary.json has no 'best_epoch'"),
     (["subset_npz.py", "{unbalanced}", "{out}", "--train", "12", "--test", "2"], "class 1 has 4 train images"),
 ])

@@ -7,17 +7,22 @@ import json
 import os
 
 
-def check_target(path, overwrite=False, suffix=None):
+def check_target(path, overwrite=False, suffix=None, overwrite_option="--overwrite", create_folder=True):
     """Refuse, before any work, a file that cannot or must not be written at `path`: a folder, one in
-    a folder that cannot be created or written, the wrong suffix, or (unless `overwrite`) a file that
-    exists already. Raises ValueError or OSError, naming the path."""
+    a folder that cannot be created (or, unless `create_folder`, does not exist) or written, the wrong
+    suffix, or (unless `overwrite`) a file that exists already; `overwrite_option` is the option that
+    would replace it (None: a command that never replaces a file). Raises ValueError or OSError,
+    naming the path."""
     if suffix and not path.endswith(suffix):
         raise ValueError(f"{path}: the file to write must end in {suffix}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: give the path of a file to write")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists already: give another path, or --overwrite to replace it")
+        how = f", or {overwrite_option} to replace it" if overwrite_option else " (nothing is overwritten)"
+        raise FileExistsError(f"{path} exists already: give another path{how}")
     folder = os.path.dirname(os.path.abspath(path))
+    if not create_folder and not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
     existing = folder
     while not os.path.isdir(existing):          # the nearest folder that exists: where it would be created
         if os.path.exists(existing):
