@@ -4,7 +4,9 @@
 failed (with its log's last error line) or not started. `aggregate` groups the finished runs that
 differ only by seed into results.csv, results.md and the figures, marking the rest.
 """
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
@@ -12,7 +14,7 @@ import os
 
 from tinyitop import claims
 from tinyitop.atomic import atomic_write, parse_json
-from tinyitop.rundir import claim, record_drawn
+from tinyitop.rundir import LOCK_NAME, claim, record_drawn
 from tinyitop.sweep_config import METRICS, finished_summary, text_of, varied_settings
 
 RESULT_FILES = ("results.csv", "results.md", "results.png", "curves.png")   # a sweep's, in its folder
@@ -93,6 +95,15 @@ def _mean_std(values):
     return mean, std
 
 
+@contextlib.contextmanager
+def results_lock(folder):
+    """Sweep processes sharing a folder (shards, array tasks) check, write and record its results one
+    at a time: another's write, not yet recorded, must not look like a file the user changed."""
+    with open(os.path.join(folder, LOCK_NAME), "a+") as f:   # a run folder's lock's name: never the user's
+        fcntl.flock(f, fcntl.LOCK_EX)            # released when the file closes
+        yield
+
+
 def aggregate(spec, folder, commands, failed=None):
     """Group runs that differ only by seed; write results.csv, results.md, results.png and curves.png
     (test accuracy and R_s per epoch of each group: the mean over its seeds and their range). Failed runs ({run_id: exit
@@ -118,6 +129,12 @@ def aggregate(spec, folder, commands, failed=None):
     if not rows:
         print("no finished runs to aggregate")
         return []
+    with results_lock(folder):
+        return _write_results(spec, folder, rows, groups, failed)
+
+
+def _write_results(spec, folder, rows, groups, failed):
+    """results.csv, results.md (and the figures) from the rows; the caller holds results_lock."""
     names = list(RESULT_FILES if spec.get("plot") else RESULT_FILES[:2])
     claim(folder, names, "--root")          # a file of the user's (or one changed since) is never replaced
     columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
@@ -147,7 +164,6 @@ def aggregate(spec, folder, commands, failed=None):
     print(table)
     print(f"wrote {folder}/results.csv, results.md" + (", results.png, curves.png" if spec.get("plot") else ""))
     return rows
-
 
 
 def markdown_table(rows):
