@@ -172,3 +172,42 @@ def test_a_sweeps_results_never_replace_a_file_of_the_users(tmp_path, capsys):
     (root / "tiny" / "results.csv").write_text("mine")
     (root / "tiny" / ".tinyitop-run").unlink()                             # no record of writing it
     assert main(sweep + ["--aggregate"]) == 2 and (root / "tiny" / "results.csv").read_text() == "mine"
+
+
+def test_two_processes_writing_a_sweeps_results_at_once_never_refuse_each_other(tmp_path, monkeypatch):
+    """One aggregation has written results.md but not yet recorded it when a second, with other content,
+    begins: the second waits for the first (results_lock), so it does not take that file for one the
+    user changed."""
+    import threading
+    from tinyitop import sweep_results
+    from tinyitop.cli import main
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"name": "tiny", "reduced": {"base": {
+        "dataset": "synthetic", "hidden": [8], "epochs": 1, "limit_train": 64, "batch_size": 16},
+        "grid": {"seed": [0]}}}))
+    assert main(["sweep", str(config), "--root", str(tmp_path / "runs"), "--workers", "1"]) == 0
+    spec, preset = load_config(str(config))
+    folder = str(tmp_path / "runs" / "tiny")
+    commands = [(run_id, label, settings, None) for run_id, label, settings in expand(preset)]
+    written, record = threading.Event(), sweep_results.record_drawn
+
+    def slow_record(*args):                       # the first writer pauses between writing and recording
+        if not written.is_set():
+            written.set()
+            threading.Event().wait(1.0)
+        record(*args)
+    monkeypatch.setattr(sweep_results, "record_drawn", slow_record)
+    outcomes = []
+
+    def aggregate(failed):
+        try:
+            sweep_results.aggregate(spec, folder, commands, failed)
+            outcomes.append("ok")
+        except ValueError as err:
+            outcomes.append(str(err))
+    first = threading.Thread(target=aggregate, args=({"other_seed=1": "not started"},))
+    first.start()
+    assert written.wait(30)
+    aggregate({})                                  # other content than the first's results.md
+    first.join()
+    assert outcomes == ["ok", "ok"], outcomes
