@@ -42,15 +42,23 @@ def _atomic_savez(path, arrays):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+# What reading a damaged .npz raises: truncated, empty, random bytes, a key or shape that is not ours.
+DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _detail(path, err):
+    """Our own message where it names the file (a shape or position check), else the error's kind."""
+    return str(err) if isinstance(err, ValueError) and str(path) in str(err) else type(err).__name__
+
+
 def load(path, model, optimizer, exploration):
     """Restore a state written by `save` into freshly built objects; returns the meta dict."""
     try:
         return _restore(path, model, optimizer, exploration)
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:   # truncated, empty, random bytes
-        detail = str(err) if isinstance(err, ValueError) and str(path) in str(err) else type(err).__name__
+    except DAMAGED as err:
         raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz), was "
-                              f"altered, or was not written for this model ({detail}). Move it away and start "
-                              "again with --overwrite") from None
+                              f"altered, or was not written for this model ({_detail(path, err)}). Move it away and "
+                              "start again with --overwrite") from None
 
 
 def read_meta(path):
@@ -58,7 +66,7 @@ def read_meta(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = parse_json(str(archive["meta"]), path)
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+    except DAMAGED as err:
         raise CheckpointError(f"cannot resume from {path}: it is damaged (truncated, empty, not an .npz) "
                               f"({type(err).__name__}). Move it away and start again with --overwrite") from None
     state = meta.get("state") if isinstance(meta, dict) else None
@@ -162,7 +170,7 @@ def load_parameters(path, model):
         with np.load(path, allow_pickle=False) as archive:
             for name, param in model.named_parameters():
                 param.data = B.to_device(_shaped(path, archive, name, param.data.shape, param.dtype))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:   # truncated, empty, random bytes
-        detail = str(err) if isinstance(err, ValueError) and str(path) in str(err) else type(err).__name__
+    except DAMAGED as err:
         raise CheckpointError(f"cannot read {path}: it is damaged (truncated, empty, not an .npz) or was not "
-                              f"written for this model ({detail}). Move it away and start again with --overwrite") from None
+                              f"written for this model ({_detail(path, err)}). Move it away and start again with "
+                              "--overwrite") from None

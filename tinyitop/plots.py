@@ -15,7 +15,7 @@ import numpy as np
 
 from tinyitop import backend as B
 from tinyitop.metrics import format_rs, read_jsonl
-from tinyitop.report import read_summary
+from tinyitop.report import LINEAR_WORDS, read_summary
 
 
 def _pyplot():
@@ -197,7 +197,7 @@ def mask_evolution(run_dir, path=None, panels=6):
 
 def _matrix_words(update):
     """The crop's layer and axes in words (report.matrix_words; logs from before it: a linear layer's)."""
-    return update.get("crop_axes") or {"layer": "a linear layer", "rows": "output units", "columns": "input units"}
+    return update.get("crop_axes") or LINEAR_WORDS
 
 
 def _mask_pictures(updates):

@@ -65,6 +65,9 @@ def update_row(setup, step, epoch, rate):
             **mask_crop(setup.updater.layers[first].weight, setup.updater.last_update[first][2])}
 
 
+LINEAR_WORDS = {"layer": "a linear layer", "rows": "output units", "columns": "input units"}
+
+
 def matrix_words(layer):
     """What a sparse layer is, and what the rows and columns of its weight matrix are, in words (for
     the figures): a conv's matrix is (out channels, in channels x kh x kw), im2col's layout."""
@@ -72,7 +75,7 @@ def matrix_words(layer):
         kh, kw = layer.kernel_size
         return {"layer": f"a {kh}x{kw} convolution", "rows": "output channels",
                 "columns": f"(input channel, {kh}x{kw} kernel offset) pairs, {layer.in_channels} x {kh * kw}"}
-    return {"layer": "a linear layer", "rows": "output units", "columns": "input units"}
+    return LINEAR_WORDS
 
 
 def epoch_row(config, setup, epoch, step, last_rate, train, val, test, train_seconds, seconds, n_train):

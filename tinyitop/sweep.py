@@ -20,7 +20,8 @@ from tinyitop.atomic import atomic_write
 from tinyitop.rundir import claim, record_drawn
 from tinyitop.sweep_config import (THREAD_VARIABLES, check_not_stale, check_plot, check_runs, expand,
                                    finished_summary, load_config, train_command)
-from tinyitop.sweep_results import FAILED_NAME, RESULT_FILES, aggregate, results_lock, clear_failure, print_states, record_failure, run_states
+from tinyitop.sweep_results import (FAILED_NAME, aggregate, clear_failure, print_states, record_failure, result_files,
+                                    results_lock, run_states)
 from tinyitop.train import INTERRUPTED
 
 
@@ -160,7 +161,7 @@ def run(config_path, root, full=False, workers=None, print_commands=False, aggre
     failed = {}
     if os.path.isdir(folder) and not status:       # the results it will write: refused now, not after training
         with results_lock(folder):
-            claim(folder, list(RESULT_FILES if spec.get("plot") else RESULT_FILES[:2]), "--root")
+            claim(folder, result_files(spec), "--root")
     if not (aggregate_only or status):              # a look at the state creates nothing
         os.makedirs(folder, exist_ok=True)
         failed = _run_all(spec, folder, in_shard(commands, shard), workers, continue_command, stale_after)

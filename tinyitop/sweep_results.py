@@ -18,6 +18,11 @@ from tinyitop.rundir import LOCK_NAME, claim, record_drawn
 from tinyitop.sweep_config import METRICS, finished_summary, text_of, varied_settings
 
 RESULT_FILES = ("results.csv", "results.md", "results.png", "curves.png")   # a sweep's, in its folder
+
+
+def result_files(spec):
+    """The results a sweep of `spec` writes: the table always, the figures when it has a plot."""
+    return list(RESULT_FILES if spec.get("plot") else RESULT_FILES[:2])
 FAILED_NAME = ".failed"          # RUN/.failed: {"exit": status, "host": ..., "error": last log line}
 
 
@@ -135,7 +140,7 @@ def aggregate(spec, folder, commands, failed=None):
 
 def _write_results(spec, folder, rows, groups, failed):
     """results.csv, results.md (and the figures) from the rows; the caller holds results_lock."""
-    names = list(RESULT_FILES if spec.get("plot") else RESULT_FILES[:2])
+    names = result_files(spec)
     claim(folder, names, "--root")          # a file of the user's (or one changed since) is never replaced
     columns = list(dict.fromkeys(key for row in rows for key in row))    # union: variants set different keys
     rows = [{key: row.get(key, "") for key in columns} for row in rows]
